@@ -1,0 +1,41 @@
+"""Model presets from configs/models.yaml: the only model names a spec accepts."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ModelPreset(BaseModel):
+    """One entry of configs/models.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: Literal["hub", "local", "random"]
+    family: str
+    hub_id: str | None = None
+    total_params: int | None = None
+    lora_params_per_rank: int | None = None
+    architecture: dict[str, int] | None = None
+    pypi_package: str | None = None
+    gguf_file: str | None = None
+
+
+@cache
+def load_presets(path: Path = CONFIGS_DIR / "models.yaml") -> dict[str, ModelPreset]:
+    raw = yaml.safe_load(path.read_text())
+    return {name: ModelPreset(name=name, **entry) for name, entry in raw.items()}
+
+
+def get_preset(name: str) -> ModelPreset:
+    presets = load_presets()
+    if name not in presets:
+        raise KeyError(f"unknown model {name!r}; known presets: {', '.join(sorted(presets))}")
+    return presets[name]

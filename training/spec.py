@@ -1,0 +1,240 @@
+"""The run spec: one validated object describing one training run.
+
+Its content hash (over the fields that change what is trained) is the run's identity:
+the sweep DAG skips a spec whose hash already has a finished MLflow run. Every string
+field is restricted to a safe character set because specs travel from an untrusted
+trigger form into job scripts and remote shells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from training.presets import load_presets
+
+# Characters allowed in names, paths and sources that may end up in a shell command.
+SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./:@+=-]{1,512}$")
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+MAX_RANK = 4096
+
+
+def _safe_path(value: str) -> str:
+    if not SAFE_PATH_RE.fullmatch(value) or ".." in value.split("/"):
+        raise ValueError(
+            "may only contain letters, digits and _ . / : @ + = - (no spaces, quotes, "
+            "shell metacharacters or '..' segments)"
+        )
+    return value
+
+
+def _safe_name(value: str) -> str:
+    if not SAFE_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must start with a letter or digit and contain only letters, digits, _ . -"
+        )
+    return value
+
+
+SafePath = Annotated[str, AfterValidator(_safe_path)]
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
+class DataSpec(BaseModel):
+    """Where the SJP training cases come from.
+
+    source: ``synthetic`` (generated, seeded), ``hub:<dataset id>`` (through ``datasets``)
+    or a local JSONL/Parquet file or folder in the SJP schema.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: SafePath = "synthetic"
+    hub_config: SafeName | None = None
+    split: SafeName = "train"
+    languages: tuple[Literal["de", "fr", "it"], ...] | None = None
+    max_samples: int | None = Field(default=None, gt=0)
+    synthetic_size: int = Field(default=512, gt=0, le=1_000_000)
+
+    @property
+    def kind(self) -> Literal["synthetic", "hub", "local"]:
+        if self.source == "synthetic":
+            return "synthetic"
+        if self.source.startswith("hub:"):
+            return "hub"
+        return "local"
+
+
+class RunSpec(BaseModel):
+    """One training run. Defaults follow the reference study (alpha 32, all linear
+    layers, dropout 0, constant LR, batch 4 x 4 accumulation, 1 epoch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    model_path: SafePath | None = Field(
+        default=None, description="Local folder with the model's weights (overrides the hub)."
+    )
+    method: Literal["lora", "full"]
+    lr: float = Field(gt=0, le=1.0)
+    rank: int | None = Field(default=None, gt=0, le=MAX_RANK)
+    alpha: float = Field(default=32.0, gt=0)
+    target_modules: Literal["all-linear"] | tuple[str, ...] = "all-linear"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    epochs: float = Field(default=1.0, gt=0, le=100)
+    max_steps: int | None = Field(default=None, gt=0, description="Overrides epochs.")
+    per_device_batch: int = Field(default=4, gt=0, le=4096)
+    grad_accum: int = Field(default=4, gt=0, le=4096)
+    max_seq_length: int = Field(default=1024, ge=32, le=131072)
+    lr_schedule: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine"
+    ] = "constant"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    data: DataSpec = DataSpec()
+    zero_stage: Literal[0, 2, 3] | None = Field(
+        default=None, description="DeepSpeed ZeRO stage; None trains without DeepSpeed."
+    )
+    bf16: Literal["auto", "on", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    # Bookkeeping: not part of the identity hash.
+    output_dir: SafePath = "runs"
+    sweep_id: SafeName = "adhoc"
+    experiment: SafeName = "lora-regret"
+    save_steps: int = Field(default=50, gt=0)
+    logging_steps: int = Field(default=1, gt=0)
+    final_loss_window: int = Field(default=10, gt=0, description="Last N steps averaged.")
+
+    # Fields that do not change what is trained.
+    NON_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"model_path", "output_dir", "sweep_id", "experiment", "save_steps",
+         "logging_steps", "final_loss_window"}
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        presets = load_presets()
+        if value not in presets:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(presets))}")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        if isinstance(value, tuple):
+            if not value:
+                raise ValueError("must name at least one module or be 'all-linear'")
+            for name in value:
+                if not MODULE_NAME_RE.fullmatch(name):
+                    raise ValueError(f"{name!r} is not a module name")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_matches_method(self) -> RunSpec:
+        if self.method == "full" and self.rank is not None:
+            raise ValueError("rank: must be empty for method 'full' (full fine-tuning has no rank)")
+        if self.method == "lora":
+            if self.rank is None:
+                raise ValueError("rank: required for method 'lora'")
+            if self.rank & (self.rank - 1):
+                raise ValueError(f"rank: {self.rank} is not a power of two (1, 2, 4, ... 4096)")
+        return self
+
+    # -- identity -----------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is trained, in canonical JSON-able form."""
+        data = self.model_dump(mode="json", exclude=set(self.NON_IDENTITY_FIELDS))
+        return data
+
+    @property
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def run_name(self) -> str:
+        rank = f"-r{self.rank}" if self.rank else ""
+        return f"{self.model}-{self.method}{rank}-lr{self.lr:g}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's checkpoints live: stable per identity, so retries resume."""
+        return Path(self.output_dir) / f"{self.run_name}-{self.spec_hash}"
+
+    @property
+    def global_batch_per_device_group(self) -> int:
+        return self.per_device_batch * self.grad_accum
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags that identify the run (see docs/CONVENTIONS.md)."""
+        return {
+            "sweep_id": self.sweep_id,
+            "spec_hash": self.spec_hash,
+            "model": self.model,
+            "method": self.method,
+            "lr": f"{self.lr:g}",
+            "rank": str(self.rank) if self.rank is not None else "",
+            "seed": str(self.seed),
+            "zero_stage": "" if self.zero_stage is None else str(self.zero_stage),
+        }
+
+    # -- files ---------------------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunSpec:
+        text = Path(path).read_text()
+        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        return cls.model_validate(raw)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad field, naming the field: what users see for a bad spec or conf.
+
+    Cross-field checks (model validators) have no location; their messages start with
+    the field name followed by a colon, which is used as the location instead.
+    """
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if not field:
+            field, _, message = message.partition(": ")
+        lines.append(f"{field}: {message}")
+    return "\n".join(lines)
+
+
+class SpecError(ValueError):
+    """A spec or sweep that failed validation; the message names each bad field."""
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, prefix: str = "") -> SpecError:
+        body = describe_errors(error)
+        return cls(f"{prefix}{body}" if prefix else body)
+
+
+def parse_spec(raw: dict[str, Any]) -> RunSpec:
+    """Validate a raw mapping into a RunSpec, raising SpecError naming the bad fields."""
+    try:
+        return RunSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError.from_validation(error, "invalid run spec:\n") from None
