@@ -35,10 +35,10 @@ MAX_RANK = 4096
 
 
 def _safe_path(value: str) -> str:
-    if not SAFE_PATH_RE.fullmatch(value) or ".." in value.split("/"):
+    if not SAFE_PATH_RE.fullmatch(value) or value.startswith("-"):
         raise ValueError(
-            "may only contain letters, digits and _ . / : @ + = - (no spaces, quotes, "
-            "shell metacharacters or '..' segments)"
+            "may only contain letters, digits and _ . / : @ + = - and must not start with "
+            "'-' (no spaces, quotes or shell metacharacters)"
         )
     return value
 
