@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+from training.formatting import build_prompt
+
 LANGUAGES = ("de", "fr", "it")
 LEGAL_AREAS = ("public law", "civil law", "penal law", "social law")
 CANTONS = ("ZH", "BE", "VD", "GE", "TI", "LU", "SG", "BS")
@@ -101,6 +103,7 @@ def training_corpus() -> Iterator[str]:
             yield sentence
     for case in generate_cases(200, seed=12345):
         yield case["text"]
+    yield build_prompt("", "de") + build_prompt("", "fr") + build_prompt("", "it")
     yield "approval dismissal Approval Dismissal Gutheissung Abweisung admission rejet"
     yield "accoglimento respinta ###A### ###B### ###C### ###D### Correct Answer:"
     yield "system user assistant <|im_start|> <|im_end|>"

@@ -1,0 +1,217 @@
+"""One training run of one spec: SJP data -> chat SFT -> TRL SFTTrainer -> MLflow.
+
+Works the same on one CPU and on many GPUs: under ``accelerate launch``/``torchrun``
+every process runs this, only the main process talks to MLflow, and DeepSpeed gets the
+ZeRO config the spec names. A job that is restarted with the same spec resumes from the
+last checkpoint in the spec's run folder and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+
+from training.data import load_cases
+from training.formatting import SftFormatter
+from training.models import resolve_model_path
+from training.presets import CONFIGS_DIR
+from training.spec import RunSpec
+from training.tracking import (
+    MetricBuffer,
+    MlflowStepLogger,
+    configure_tracking,
+    final_loss,
+    finish_run,
+    start_or_resume_run,
+)
+
+log = logging.getLogger("lora_regret.training")
+Outcome = Literal["finished", "diverged", "failed"]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    outcome: Outcome
+    run_id: str | None
+    final_loss: float | None
+    model_uri: str | None = None
+    registered_version: str | None = None
+    steps: int = 0
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def bf16_enabled(setting: str) -> bool:
+    """bf16 when asked, or ('auto') when the accelerator does it natively.
+
+    On CPU, 'auto' also turns it on where torch reports bf16 support (autocast is about
+    2x faster than fp32 on these machines).
+    """
+    if setting != "auto":
+        return setting == "on"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.backends, "mkldnn", None)) and torch.backends.mkldnn.is_available()
+
+
+def build_sft_config(spec: RunSpec, run_dir: Path):
+    from trl import SFTConfig
+
+    deepspeed = (
+        str(CONFIGS_DIR / "deepspeed" / f"zero{spec.zero_stage}.json")
+        if spec.zero_stage is not None else None
+    )
+    return SFTConfig(
+        output_dir=str(run_dir),
+        learning_rate=spec.lr,
+        lr_scheduler_type=spec.lr_schedule,
+        warmup_steps=spec.warmup_ratio,  # a float below 1 is a ratio of all steps
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps or -1,
+        per_device_train_batch_size=spec.per_device_batch,
+        gradient_accumulation_steps=spec.grad_accum,
+        max_length=spec.max_seq_length,
+        activation_checkpointing=spec.gradient_checkpointing,
+        bf16=bf16_enabled(spec.bf16),
+        use_cpu=not torch.cuda.is_available(),
+        seed=spec.seed,
+        data_seed=spec.seed,
+        logging_steps=spec.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=2,
+        report_to="none",
+        deepspeed=deepspeed,
+        completion_only_loss=True,
+        disable_tqdm=not sys.stderr.isatty(),
+        dataset_num_proc=None,
+    )
+
+
+def build_peft_config(spec: RunSpec):
+    if spec.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    targets = (spec.target_modules if spec.target_modules == "all-linear"
+               else list(spec.target_modules))
+    return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total); under ZeRO-3 parameters are sharded, ds_numel has the size."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        n = getattr(parameter, "ds_numel", parameter.numel())
+        total += n
+        if parameter.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def peak_memory_mb() -> dict[str, float]:
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    memory = {"memory/peak_host_mb": host}
+    if torch.cuda.is_available():
+        memory["memory/peak_accelerator_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
+
+
+def run_training(spec: RunSpec, job_id: str | None = None,
+                 register: bool = True) -> TrainOutcome:
+    """Train one spec to the end (or to divergence); record everything in MLflow."""
+    from trl import SFTTrainer
+
+    started = time.monotonic()
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    configure_tracking()
+    run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
+    try:
+        model_path = resolve_model_path(spec.model, spec.model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        cases = load_cases(spec.data, seed=spec.seed)
+        dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+        logger = MlflowStepLogger(MetricBuffer(run_id) if run_id else None)
+        trainer = SFTTrainer(
+            model=model,
+            args=build_sft_config(spec, run_dir),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=build_peft_config(spec),
+            callbacks=[logger],
+        )
+        trainable, total = count_parameters(trainer.model)
+        if spec.method == "lora":
+            total -= trainable  # the fraction is measured against the base model's size
+        checkpoint = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+        if checkpoint:
+            log.warning("resuming from %s", checkpoint)
+        load_time = time.monotonic() - started
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+
+        diverged = logger.diverged_at is not None
+        outcome: Outcome = "diverged" if diverged else "finished"
+        loss = final_loss(logger.losses, spec.final_loss_window)
+        model_uri = version = None
+        if not diverged:
+            final_dir = run_dir / "final"
+            trainer.save_model(str(final_dir))
+        if main and run_id:
+            summary = {
+                "train/final_loss": loss,
+                "train/runtime_s": time.monotonic() - started,
+                "train/time_to_first_step_s": load_time + (logger.first_step_at or 0.0),
+                "train/world_size": float(trainer.args.world_size),
+                "train/global_steps": float(result.global_step),
+                "model/trainable_params": float(trainable),
+                "model/total_params": float(total),
+                "model/trainable_fraction": trainable / total if total else None,
+                **peak_memory_mb(),
+            }
+            tags: dict[str, str] = {}
+            if diverged:
+                tags["diverged_at_step"] = str(logger.diverged_at)
+            elif register and spec.method == "lora":
+                tokenizer.save_pretrained(str(run_dir / "final"))
+                model_uri, version = _register_lora(spec, run_id, trainer, tokenizer, model_path)
+            elif register:
+                tokenizer.save_pretrained(str(run_dir / "final"))
+                from training.registry import register_checkpoint
+
+                tags["checkpoint_path"] = str((run_dir / "final").resolve())
+                model_uri, version = register_checkpoint(spec, run_id, run_dir / "final")
+            if model_uri:
+                tags["registered_model_uri"] = model_uri
+            finish_run(run_id, outcome, summary, tags)
+        return TrainOutcome(outcome, run_id, loss, model_uri, version, result.global_step)
+    except BaseException:
+        if main and run_id:
+            finish_run(run_id, "failed", {})
+        raise
+
+
+def _register_lora(spec: RunSpec, run_id: str, trainer, tokenizer, model_path: str):
+    from training.registry import register_adapter
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return register_adapter(spec, run_id, model, tokenizer, base_model_path=model_path)

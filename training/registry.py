@@ -1,0 +1,111 @@
+"""The MLflow model registry side of a run: adapters in, adapters out.
+
+- LoRA: the adapter alone is logged as an MLflow transformers model (PEFT weights plus
+  the tokenizer, with ``base_model_path`` so the base weights are not copied) and
+  registered as a version of ``lora-regret-{model}-lora``.
+- Full fine-tuning: a version of ``lora-regret-{model}-full`` whose source is the
+  checkpoint folder; tens of GB stay where training wrote them.
+
+Every version carries the spec's identity in its tags, so a version leads back to its run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from training.spec import RunSpec
+
+# Requirements written into the logged model. The default list would import torchvision.
+ADAPTER_PIP_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors"]
+
+
+def registered_model_name(model: str, method: str) -> str:
+    return f"lora-regret-{model}-{method}"
+
+
+def version_tags(spec: RunSpec, run_id: str) -> dict[str, str]:
+    return {
+        "spec_hash": spec.spec_hash,
+        "run_id": run_id,
+        "model": spec.model,
+        "method": spec.method,
+        "lr": f"{spec.lr:g}",
+        "rank": "" if spec.rank is None else str(spec.rank),
+        "seed": str(spec.seed),
+        "sweep_id": spec.sweep_id,
+    }
+
+
+def _ensure_registered_model(client: MlflowClient, name: str, spec: RunSpec) -> None:
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        # Another job may create it between the two calls; either way it exists after.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.create_registered_model(
+                name, tags={"model": spec.model, "method": spec.method},
+                description=f"{spec.method} fine-tunes of {spec.model} (lora-regret)",
+            )
+
+
+def register_adapter(spec: RunSpec, run_id: str, peft_model: Any, tokenizer: Any,
+                     base_model_path: str) -> tuple[str, str]:
+    """Log the adapter (only) to the run and register it; returns (model_uri, version)."""
+    name = registered_model_name(spec.model, "lora")
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": peft_model, "tokenizer": tokenizer},
+            name="adapter",
+            task="text-generation",
+            pip_requirements=ADAPTER_PIP_REQUIREMENTS,
+            base_model_path=base_model_path,
+        )
+    client = MlflowClient()
+    _ensure_registered_model(client, name, spec)
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=run_id, tags=version_tags(spec, run_id),
+        description=f"{spec.run_name} (spec {spec.spec_hash})",
+    )
+    return f"models:/{name}/{version.version}", version.version
+
+
+def register_checkpoint(spec: RunSpec, run_id: str, checkpoint_dir: Path) -> tuple[str, str]:
+    """Register a full fine-tune by reference to its checkpoint folder (nothing copied)."""
+    name = registered_model_name(spec.model, "full")
+    client = MlflowClient()
+    _ensure_registered_model(client, name, spec)
+    source = checkpoint_dir.resolve().as_uri()
+    version = client.create_model_version(
+        name, source=source, run_id=run_id,
+        tags={**version_tags(spec, run_id), "checkpoint_path": str(checkpoint_dir.resolve())},
+        description=f"{spec.run_name} (spec {spec.spec_hash}); weights stay at {source}",
+    )
+    return f"models:/{name}/{version.version}", version.version
+
+
+def fetch_adapter(model_uri: str, dst: str | Path) -> Path:
+    """Download a registered adapter; returns a folder ``PeftModel.from_pretrained`` loads."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    configs = sorted(local.rglob("adapter_config.json"))
+    if not configs:
+        raise FileNotFoundError(f"{model_uri} holds no PEFT adapter (no adapter_config.json)")
+    return configs[0].parent
+
+
+def fetch_checkpoint(model_uri: str) -> Path:
+    """The checkpoint folder a full fine-tune version points to."""
+    client = MlflowClient()
+    _, name, version = model_uri.split("/", 2)
+    model_version = client.get_model_version(name, version)
+    path = model_version.tags.get("checkpoint_path")
+    if not path or not Path(path).is_dir():
+        raise FileNotFoundError(f"{model_uri}: checkpoint {path!r} is not reachable from here")
+    return Path(path)
+
