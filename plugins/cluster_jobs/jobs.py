@@ -1,0 +1,167 @@
+"""A job request and the batch script rendered from it.
+
+The request is generic (a command line, environment, small files); the script is the
+same for SLURM and local jobs, so a job behaves alike on a laptop and on a cluster.
+Every value from a request is shell-quoted; names and paths also pass character checks,
+because requests carry values that came from an untrusted trigger form.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from cluster_jobs.profiles import ClusterProfile, EnvName, Name, Resources
+
+JOB_ID_PLACEHOLDER = "{job_id}"
+"""An argv element equal to this is replaced by the job's id when the job runs."""
+JOB_DIR_PLACEHOLDER = "{job_dir}"
+"""An argv element starting with this has it replaced by the job's folder (absolute)."""
+
+LOG_FILE = "job.log"
+EXIT_CODE_FILE = "exit_code"
+SCRIPT_FILE = "job.sh"
+JOB_ID_FILE = "job_id"
+
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_RESERVED_FILES = {LOG_FILE, EXIT_CODE_FILE, SCRIPT_FILE, JOB_ID_FILE}
+
+
+def _file_name(value: str) -> str:
+    if not _FILE_NAME_RE.fullmatch(value) or value in _RESERVED_FILES:
+        raise ValueError(f"{value!r} is not an allowed job file name")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+FileName = Annotated[str, AfterValidator(_file_name)]
+Arg = Annotated[str, AfterValidator(_no_nul)]
+
+
+class JobRequest(BaseModel):
+    """One job: what to run, in which environment, with which files beside it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name = Field(description="Scheduler job name (shown in squeue).")
+    argv: tuple[Arg, ...] = Field(min_length=1)
+    env: dict[EnvName, Arg] = Field(default_factory=dict)
+    files: dict[FileName, Arg] = Field(
+        default_factory=dict, description="Small text files written into the job folder."
+    )
+    resources_key: Name | None = Field(
+        default=None, description="Picks the profile's per-key resource override."
+    )
+    key: Name | None = Field(
+        default=None,
+        description="Idempotency key: one job folder per key; submitting a key again "
+        "re-attaches to its job. The operator derives it from the task instance.",
+    )
+
+
+def _quote_arg(arg: str) -> str:
+    if arg == JOB_ID_PLACEHOLDER:
+        return '"$CLUSTER_JOB_ID"'
+    if arg.startswith(JOB_DIR_PLACEHOLDER):
+        rest = arg.removeprefix(JOB_DIR_PLACEHOLDER)
+        return '"$JOB_DIR"' + (shlex.quote(rest) if rest else "")
+    return shlex.quote(arg)
+
+
+def _command_line(argv: tuple[str, ...], profile: ClusterProfile, res: Resources) -> str:
+    command = " ".join(_quote_arg(a) for a in argv)
+    env_opt = f" --environment={shlex.quote(profile.environment)}" if profile.environment else ""
+    if profile.launcher == "none":
+        return command
+    if profile.launcher == "srun":
+        return f"srun{env_opt} {command}"
+    # torchrun: one launcher per node, one worker per GPU; `python -m mod` -> `-m mod`.
+    rest = argv[1:] if len(argv) > 2 and argv[1] == "-m" else argv
+    workers = max(res.gpus_per_node, 1)
+    inner = (
+        'exec torchrun --nnodes="$SLURM_NNODES" --node-rank="$SLURM_NODEID" '
+        f'--nproc-per-node={workers} --rdzv-backend=c10d '
+        '--rdzv-endpoint="$MASTER_ADDR:29500" --rdzv-id="$SLURM_JOB_ID" "$@"'
+    )
+    return (
+        f"srun --ntasks-per-node=1{env_opt} bash -c {shlex.quote(inner)} torchrun "
+        + " ".join(_quote_arg(a) for a in rest)
+    )
+
+
+def sbatch_directives(profile: ClusterProfile, request: JobRequest, job_dir: str) -> list[str]:
+    res = profile.resources_for(request.resources_key)
+    lines = [
+        f"--job-name={request.name}",
+        f"--chdir={job_dir}",
+        f"--output={job_dir}/{LOG_FILE}",
+        "--open-mode=append",  # a requeued job appends to the same log
+        "--requeue",
+        f"--nodes={res.nodes}",
+        f"--ntasks-per-node={res.tasks_per_node}",
+        f"--time={res.time_limit}",
+    ]
+    if res.gpus_per_node:
+        lines.append(f"--gpus-per-node={res.gpus_per_node}")
+    if res.cpus_per_task:
+        lines.append(f"--cpus-per-task={res.cpus_per_task}")
+    if res.mem:
+        lines.append(f"--mem={res.mem}")
+    for option in ("partition", "account", "qos"):
+        value = getattr(profile, option)
+        if value:
+            lines.append(f"--{option}={value}")
+    lines.extend(f"--{opt.removeprefix('--')}" for opt in profile.sbatch_options)
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def _chdir_line(profile: ClusterProfile) -> str | None:
+    if profile.chdir is None:
+        return None
+    if profile.backend == "local":
+        return f"cd {shlex.quote(str(profile.local_path(profile.chdir)))}"
+    if profile.chdir.startswith("/"):
+        return f"cd {shlex.quote(profile.chdir)}"
+    return f'cd "$HOME"/{shlex.quote(profile.chdir)}'
+
+
+def render_script(
+    profile: ClusterProfile, request: JobRequest, job_dir: str, pass_env: dict[str, str]
+) -> str:
+    """The job script: #SBATCH header (ignored by the local backend), environment, setup,
+    the command, and its exit code written beside the log (read back if the scheduler
+    has already forgotten the job)."""
+    res = profile.resources_for(request.resources_key)
+    env = {**pass_env, **profile.env, **request.env}
+    body = [
+        "#!/bin/bash",
+        *sbatch_directives(profile, request, job_dir),
+        "set -uo pipefail",
+        f"export JOB_DIR={shlex.quote(job_dir)}",
+        'cd "$JOB_DIR"',
+        'export CLUSTER_JOB_ID="${SLURM_JOB_ID:-${CLUSTER_JOB_ID:-unknown}}"',
+    ]
+    body += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    if profile.launcher == "torchrun":
+        body.append(
+            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"'
+        )
+    body += [
+        'echo "[cluster_jobs] job $CLUSTER_JOB_ID on $(hostname) at $(date -Is)"',
+        *profile.setup,
+        *filter(None, [_chdir_line(profile)]),
+        _command_line(request.argv, profile, res),
+        "rc=$?",
+        f'echo "$rc" > "$JOB_DIR"/{EXIT_CODE_FILE}',
+        'echo "[cluster_jobs] exit code $rc at $(date -Is)"',
+        'exit "$rc"',
+    ]
+    return "\n".join(body) + "\n"

@@ -1,0 +1,128 @@
+"""The local job backend: each job a detached process group on this machine.
+
+Used when no cluster is configured (the embedded default). It keeps the SLURM backend's
+interface and folder layout, so the operator and trigger do not care which one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from cluster_jobs.jobs import (
+    EXIT_CODE_FILE,
+    JOB_ID_FILE,
+    LOG_FILE,
+    SCRIPT_FILE,
+    JobRequest,
+    render_script,
+)
+from cluster_jobs.local_runner import RESULT_FILE
+from cluster_jobs.profiles import ClusterProfile
+from cluster_jobs.states import JobState, JobStatus
+
+PID_FILE = "runner.pid"
+CANCEL_FILE = "cancel_requested"
+
+
+class LocalJobs:
+    """Submit, sense, cancel and read logs of local jobs under ``profile.work_dir``."""
+
+    def __init__(self, profile: ClusterProfile) -> None:
+        self.profile = profile
+        self.work_dir = profile.local_path(profile.work_dir)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.work_dir / job_id
+
+    def submit(self, request: JobRequest, environ: Mapping[str, str]) -> tuple[str, bool]:
+        """Start the job, or find the one already started for this key (a task retry).
+
+        Returns (job id, re-attached?); the job id is the key."""
+        if request.key is None:
+            raise ValueError("key: a local job needs an idempotency key")
+        job_id = request.key
+        job_dir = self.job_dir(job_id)
+        if (job_dir / JOB_ID_FILE).is_file():
+            return job_id, True
+        job_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in request.files.items():
+            (job_dir / name).write_text(content)
+        env_in = {k: environ[k] for k in self.profile.pass_env if k in environ}
+        script = render_script(self.profile, request, str(job_dir), env_in)
+        (job_dir / SCRIPT_FILE).write_text(script)
+        limit = self.profile.resources_for(request.resources_key).time_limit_seconds
+        env = {**os.environ, "CLUSTER_JOB_ID": job_id}
+        env.pop("SLURM_JOB_ID", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster_jobs.local_runner", str(job_dir), str(limit)],
+            cwd=job_dir, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        (job_dir / PID_FILE).write_text(str(proc.pid))
+        (job_dir / JOB_ID_FILE).write_text(job_id)
+        return job_id, False
+
+    def _runner_alive(self, job_dir: Path) -> bool:
+        try:
+            pid = int((job_dir / PID_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        try:
+            # A zombie child of this process counts as gone: reap it.
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return False
+        except ChildProcessError:
+            pass
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(job_dir).encode() in cmdline  # not a recycled pid
+
+    def status(self, job_id: str, key: str | None = None) -> JobStatus:
+        job_dir = self.job_dir(job_id)
+        result_file = job_dir / RESULT_FILE
+        if result_file.is_file():
+            result = json.loads(result_file.read_text())
+            return JobStatus(job_id=job_id, state=JobState(result["state"]),
+                             exit_code=result["exit_code"], signal=result["signal"])
+        if not (job_dir / JOB_ID_FILE).is_file():
+            return JobStatus(job_id=job_id, state=JobState.FAILED, reason="unknown job")
+        if self._runner_alive(job_dir) or not (job_dir / PID_FILE).is_file():
+            return JobStatus(job_id=job_id, state=JobState.RUNNING)
+        if result_file.is_file():  # finished between the two checks
+            return self.status(job_id, key)
+        if (job_dir / CANCEL_FILE).is_file():
+            return JobStatus(job_id=job_id, state=JobState.CANCELLED)
+        exit_file = job_dir / EXIT_CODE_FILE
+        code = int(exit_file.read_text()) if exit_file.is_file() else None
+        return JobStatus(job_id=job_id, state=JobState.FAILED, exit_code=code,
+                         reason="the job's runner process vanished")
+
+    def cancel(self, job_id: str) -> None:
+        job_dir = self.job_dir(job_id)
+        if not job_dir.is_dir() or (job_dir / RESULT_FILE).is_file():
+            return
+        (job_dir / CANCEL_FILE).touch()
+        if self._runner_alive(job_dir):
+            pid = int((job_dir / PID_FILE).read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # the runner stops the job's group
+
+    def log_tail(self, key: str, lines: int = 40) -> str:
+        log = self.job_dir(key) / LOG_FILE
+        if not log.is_file():
+            return ""
+        with log.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])

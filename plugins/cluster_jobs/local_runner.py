@@ -1,0 +1,80 @@
+"""Runs one local job: the job script in this process group, a time limit, a result file.
+
+Started detached (its own session) by the local backend, so the job outlives the Airflow
+task that submitted it; the result file is how the backend learns the outcome later.
+Usage: python -m cluster_jobs.local_runner JOB_DIR TIME_LIMIT_SECONDS
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster_jobs.jobs import LOG_FILE, SCRIPT_FILE
+from cluster_jobs.states import JobState
+
+RESULT_FILE = "result.json"
+KILL_WAIT_S = 10
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def run(job_dir: Path, time_limit_s: float) -> JobState:
+    cancelled = False
+
+    def on_term(_signum: int, _frame: object) -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    with (job_dir / LOG_FILE).open("ab") as log:
+        # The job gets its own process group, so stopping it reaches every process it
+        # started (and not this runner, which still has to write the result).
+        proc = subprocess.Popen(["bash", SCRIPT_FILE], cwd=job_dir, stdout=log,
+                                stderr=subprocess.STDOUT, process_group=0)
+        deadline = time.monotonic() + time_limit_s
+        state: JobState | None = None
+        while proc.poll() is None:
+            if cancelled:
+                state = JobState.CANCELLED
+                break
+            if time.monotonic() > deadline:
+                state = JobState.TIMEOUT
+                log.write(b"[cluster_jobs] time limit reached, stopping the job\n")
+                log.flush()
+                break
+            time.sleep(0.2)
+        if state is not None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=KILL_WAIT_S)
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever ignored TERM
+            proc.wait()
+        code = proc.returncode
+        if state is None:
+            state = JobState.COMPLETED if code == 0 else JobState.FAILED
+    result = {"state": state.value, "exit_code": code if code >= 0 else None,
+              "signal": -code if code < 0 else None}
+    tmp = job_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(job_dir / RESULT_FILE)
+    return state
+
+
+def main(argv: list[str]) -> int:
+    job_dir, limit = Path(argv[0]), float(argv[1])
+    state = run(job_dir, limit)
+    return 0 if state is JobState.COMPLETED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

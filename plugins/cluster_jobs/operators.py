@@ -1,0 +1,130 @@
+"""ClusterJobOperator: submit a job, then wait for it in the triggerer.
+
+Retries are for transient trouble only: a dropped SSH connection raises a retryable
+error, and the retry re-attaches to the job already submitted (the job folder is keyed
+by DAG, run, task and map index). Deterministic failures (bad request, failed job,
+timeout, out of memory) fail the task at once with the state, exit code and log tail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from pydantic import ValidationError
+
+from cluster_jobs.backend import get_backend
+from cluster_jobs.jobs import JobRequest
+from cluster_jobs.profiles import ClusterProfile, ProfileError, load_profile
+from cluster_jobs.slurm import SlurmError, TransientError
+from cluster_jobs.states import JobState, JobStatus
+from cluster_jobs.trigger import ClusterJobTrigger
+
+
+def task_key(name: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """A stable, filesystem- and shell-safe key for one task instance (not one try)."""
+    digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode())
+    return f"{name[:80]}-{digest.hexdigest()[:12]}"
+
+
+def _validation_message(error: ValidationError) -> str:
+    return "\n".join(
+        f"{'.'.join(str(p) for p in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+        for item in error.errors()
+    )
+
+
+class ClusterJobOperator(BaseOperator):
+    """Run one job (``job``: a JobRequest or its dict) on a cluster profile and wait.
+
+    ``accept_exit_codes``: exit codes besides 0 that end the task successfully (a job
+    may report a legitimate non-zero outcome, e.g. a recorded divergence).
+    Returns ``{"job_id", "state", "exit_code", "key"}``.
+    """
+
+    template_fields: Sequence[str] = ("job", "profile")
+
+    def __init__(
+        self,
+        *,
+        job: dict[str, Any] | JobRequest,
+        profile: str | dict[str, Any],
+        poll_interval: float | None = None,
+        accept_exit_codes: Sequence[int] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.accept_exit_codes = tuple(accept_exit_codes)
+        self.job = job.model_dump() if isinstance(job, JobRequest) else job
+        self.profile = profile
+        self.poll_interval = poll_interval
+        self._submitted: tuple[ClusterProfile, str] | None = None
+
+    def _resolve(self, context: Any) -> tuple[ClusterProfile, JobRequest]:
+        try:
+            profile = (load_profile(self.profile) if isinstance(self.profile, str)
+                       else ClusterProfile.model_validate(self.profile))
+        except ProfileError as error:
+            raise AirflowFailException(str(error)) from None
+        except ValidationError as error:
+            raise AirflowFailException(f"invalid profile:\n{_validation_message(error)}") from None
+        try:
+            request = JobRequest.model_validate(self.job)
+        except ValidationError as error:
+            raise AirflowFailException(f"invalid job:\n{_validation_message(error)}") from None
+        if request.key is None:
+            ti = context["ti"]
+            key = task_key(request.name, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+            request = request.model_copy(update={"key": key})
+        return profile, request
+
+    def execute(self, context: Any) -> Any:
+        profile, request = self._resolve(context)
+        backend = get_backend(profile)
+        try:
+            job_id, reattached = backend.submit(request, os.environ)
+        except TransientError as error:
+            raise AirflowException(str(error)) from error  # retryable
+        except (SlurmError, ValueError) as error:
+            raise AirflowFailException(f"could not submit {request.name}: {error}") from None
+        self._submitted = (profile, job_id)
+        verb = "re-attached to" if reattached else "submitted"
+        self.log.info("%s %s job %s (%s), folder key %s", verb, profile.name, job_id,
+                      request.name, request.key)
+        self.defer(
+            trigger=ClusterJobTrigger(profile=profile.model_dump(mode="json"), job_id=job_id,
+                                      key=request.key, poll_interval=self.poll_interval),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("error"):
+            # Lost the connection while sensing: retryable; the retry re-attaches.
+            raise AirflowException(f"job {event['job_id']}: {event['error']}")
+        status = JobStatus.model_validate(event["status"])
+        accepted = (status.state is JobState.FAILED and status.exit_code is not None
+                    and status.exit_code in self.accept_exit_codes)
+        if status.state is JobState.COMPLETED or accepted:
+            self.log.info("%s", status.describe())
+            return {"job_id": status.job_id, "state": status.state.value,
+                    "exit_code": status.exit_code, "key": event["key"]}
+        tail = (event.get("log_tail") or "").rstrip()
+        message = status.describe()
+        if tail:
+            message += f"\nlast lines of the job log:\n{tail}"
+        raise AirflowFailException(message)
+
+    def on_kill(self) -> None:
+        """The task was killed while submitting: cancel the job it started."""
+        if self._submitted is None:
+            return
+        profile, job_id = self._submitted
+        try:
+            get_backend(profile).cancel(job_id)
+            self.log.info("cancelled job %s", job_id)
+        except Exception as error:  # noqa: BLE001 - never mask the kill
+            self.log.warning("could not cancel job %s: %s", job_id, error)

@@ -1,0 +1,200 @@
+"""SLURM over SSH: the shell commands, their parsers, and a hook that runs them.
+
+Commands are built here once and run either through the blocking Airflow ``SSHHook``
+(submit, cancel: on a worker) or an asyncssh connection (state and log polls: in the
+triggerer). Every interpolated value is shell-quoted; file contents travel base64-encoded
+so nothing in them can be read as shell syntax.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from collections.abc import Mapping
+
+from cluster_jobs.jobs import (
+    EXIT_CODE_FILE,
+    JOB_ID_FILE,
+    LOG_FILE,
+    SCRIPT_FILE,
+    JobRequest,
+    render_script,
+)
+from cluster_jobs.profiles import ClusterProfile
+from cluster_jobs.states import JobState, JobStatus, from_slurm
+
+_JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
+SSH_COMMAND_TIMEOUT_S = 60.0
+
+
+class SlurmError(RuntimeError):
+    """A SLURM command failed for a reason that retrying will not fix (e.g. bad option)."""
+
+
+class TransientError(RuntimeError):
+    """The connection to the cluster failed; retrying may succeed."""
+
+
+def check_job_id(job_id: str) -> str:
+    if not _JOB_ID_RE.fullmatch(job_id):
+        raise SlurmError(f"{job_id!r} is not a SLURM job id")
+    return job_id
+
+
+def remote_job_dir(profile: ClusterProfile, key: str) -> str:
+    """Absolute or login-relative folder of one job (``work_dir/key``)."""
+    return f"{profile.work_dir.rstrip('/')}/{key}"
+
+
+def _write_file(path: str, content: str) -> str:
+    encoded = base64.b64encode(content.encode()).decode()
+    return f"printf %s {encoded} | base64 -d > {shlex.quote(path)}"
+
+
+def submit_command(
+    profile: ClusterProfile, request: JobRequest, pass_env: Mapping[str, str]
+) -> str:
+    """One idempotent shell command: if the job folder already names a job, print its id
+    (a retried task re-attaches); otherwise write the files and script, sbatch, record."""
+    if request.key is None:
+        raise SlurmError("key: a SLURM job needs an idempotency key")
+    job_dir = remote_job_dir(profile, request.key)
+    qdir = shlex.quote(job_dir)
+    # The script needs an absolute folder for #SBATCH --chdir/--output: resolve it first.
+    lines = [
+        "set -e",
+        f"mkdir -p {qdir}",
+        f"cd {qdir}",
+        f"if [ -s {JOB_ID_FILE} ]; then echo \"existing $(cat {JOB_ID_FILE})\"; exit 0; fi",
+        'JOB_DIR="$(pwd -P)"',
+        'case "$JOB_DIR" in *[!A-Za-z0-9_./:@+=-]*) echo "unsafe job folder" >&2; exit 2;; esac',
+    ]
+    lines += [_write_file(name, content) for name, content in request.files.items()]
+    placeholder = "@@JOB_DIR@@"
+    script = render_script(profile, request, placeholder, dict(pass_env))
+    lines += [
+        _write_file(SCRIPT_FILE + ".in", script),
+        f'sed "s|{placeholder}|$JOB_DIR|g" {SCRIPT_FILE}.in > {SCRIPT_FILE}',
+        f"rm -f {SCRIPT_FILE}.in",
+        f"id=$(sbatch --parsable {SCRIPT_FILE})",
+        'id="${id%%;*}"',
+        f'echo "$id" > {JOB_ID_FILE}.tmp && mv {JOB_ID_FILE}.tmp {JOB_ID_FILE}',
+        'echo "submitted $id"',
+    ]
+    return "\n".join(lines)
+
+
+def parse_submit(stdout: str) -> tuple[str, bool]:
+    """(job id, re-attached?) from the submit command's last line."""
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    word, _, job_id = last.partition(" ")
+    if word not in {"existing", "submitted"}:
+        raise SlurmError(f"unexpected sbatch output: {stdout.strip()[-500:]!r}")
+    return check_job_id(job_id.strip()), word == "existing"
+
+
+def status_command(job_id: str, job_dir: str) -> str:
+    """State from scontrol (live and recent jobs), then sacct (accounting or the jobcomp
+    file), then the exit code file the job script writes (scheduler forgot the job)."""
+    jid = shlex.quote(check_job_id(job_id))
+    qdir = shlex.quote(job_dir)
+    return "\n".join([
+        f"if out=$(scontrol show job -o {jid} 2>/dev/null); then",
+        '  echo "scontrol $out"; exit 0',
+        "fi",
+        f"out=$(sacct -n -P -X -j {jid} -o State,ExitCode 2>/dev/null | tail -n1) || out=''",
+        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
+        f"out=$(sacct -c -n -P -j {jid} -o State,ExitCode 2>/dev/null | tail -n1) || out=''",
+        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
+        f"if [ -f {qdir}/{EXIT_CODE_FILE} ]; then echo \"exitfile $(cat {qdir}/{EXIT_CODE_FILE})\";"
+        " exit 0; fi",
+        "echo unknown",
+    ])
+
+
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None
+
+
+def parse_status(job_id: str, stdout: str) -> JobStatus:
+    text = stdout.strip()
+    source, _, rest = text.partition(" ")
+    if source == "scontrol":
+        fields = dict(re.findall(r"(\w+)=(\S*)", rest))
+        code, sig = _exit_code(fields.get("ExitCode", ""))
+        state = from_slurm(fields.get("JobState", ""))
+        return JobStatus(job_id=job_id, state=state, exit_code=code, signal=sig,
+                         reason=fields.get("Reason", ""))
+    if source == "sacct":
+        state_text, _, code_text = rest.partition("|")
+        code, sig = _exit_code(code_text)
+        return JobStatus(job_id=job_id, state=from_slurm(state_text), exit_code=code,
+                         signal=sig)
+    if source == "exitfile":
+        code = int(rest) if rest.strip().isdigit() else None
+        state = JobState.COMPLETED if code == 0 else JobState.FAILED
+        return JobStatus(job_id=job_id, state=state, exit_code=code,
+                         reason="read from the job's exit code file")
+    return JobStatus(job_id=job_id, state=JobState.FAILED,
+                     reason="SLURM does not know this job and it left no exit code")
+
+
+def cancel_command(job_id: str) -> str:
+    return f"scancel {shlex.quote(check_job_id(job_id))}"
+
+
+def log_tail_command(job_dir: str, lines: int = 40) -> str:
+    return f"tail -n {int(lines)} {shlex.quote(job_dir)}/{LOG_FILE} 2>/dev/null || true"
+
+
+def pass_env_values(profile: ClusterProfile, environ: Mapping[str, str]) -> dict[str, str]:
+    return {name: environ[name] for name in profile.pass_env if name in environ}
+
+
+class SlurmJobs:
+    """Blocking SLURM operations over the profile's Airflow SSH connection."""
+
+    def __init__(self, profile: ClusterProfile) -> None:
+        self.profile = profile
+
+    def _run(self, command: str) -> tuple[int, str, str]:
+        """Run one command; the command itself is not logged (it carries the job's
+        environment, which may hold credentials)."""
+        import paramiko
+        from airflow.providers.ssh.hooks.ssh import SSHHook
+
+        try:
+            hook = SSHHook(ssh_conn_id=self.profile.ssh_conn_id)
+            with hook.get_conn() as client:
+                _, stdout, stderr = client.exec_command(command, timeout=SSH_COMMAND_TIMEOUT_S)
+                out = stdout.read()
+                err = stderr.read()
+                code = stdout.channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            raise TransientError(f"SSH to the cluster failed: {error}") from error
+        return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def submit(self, request: JobRequest, environ: Mapping[str, str]) -> tuple[str, bool]:
+        command = submit_command(self.profile, request, pass_env_values(self.profile, environ))
+        code, out, err = self._run(command)
+        if code != 0:
+            raise SlurmError(f"sbatch failed (exit {code}): {(err or out).strip()[-2000:]}")
+        return parse_submit(out)
+
+    def status(self, job_id: str, key: str) -> JobStatus:
+        code, out, err = self._run(status_command(job_id, remote_job_dir(self.profile, key)))
+        if code != 0:
+            raise TransientError(f"state query failed (exit {code}): {err.strip()[-500:]}")
+        return parse_status(job_id, out)
+
+    def cancel(self, job_id: str) -> None:
+        self._run(cancel_command(job_id))
+
+    def log_tail(self, key: str, lines: int = 40) -> str:
+        _, out, _ = self._run(log_tail_command(remote_job_dir(self.profile, key), lines))
+        return out
