@@ -6,13 +6,17 @@ temporary AIRFLOW_HOME is set here, at collection time, before any test imports 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["slurm_fixtures"]  # local SLURM cluster + sshd (tests/slurm_fixtures.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -49,18 +53,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A real MLflow store (SQLite + local artifacts) private to one test."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
-    monkeypatch.setenv("LORA_REGRET_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+@contextlib.contextmanager
+def mlflow_store(folder: Path) -> Iterator[str]:
+    """Point MLflow (tracking, registry, artifacts) at a fresh SQLite store in ``folder``."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        patch.setenv("LORA_REGRET_ARTIFACT_ROOT", str(folder / "artifacts"))
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield uri
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> Iterator[str]:
+    """A real MLflow store (SQLite + local artifacts) private to one test."""
+    with mlflow_store(tmp_path) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def module_mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow store shared by the tests of one module (train once, check often)."""
+    with mlflow_store(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,7 @@ def build_sft_config(spec: RunSpec, run_dir: Path):
         data_seed=spec.seed,
         logging_steps=spec.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the divergence check
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=2,
