@@ -1,0 +1,159 @@
+"""The schema of findings.json: every number the report states, machine-readable.
+
+Losses are mean final training losses over seeds (``std`` is their sample standard
+deviation, ``None`` with a single seed). Percentages are in percent (0-100); LEXam
+accuracies and format rates are fractions (0-1) as logged.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigStat(_Model):
+    """One configuration (model, method, rank, LR) aggregated over its seeds."""
+
+    method: str
+    rank: int | None
+    lr: float
+    final_loss: float
+    std: float | None
+    n_seeds: int
+    run_ids: list[str]
+
+
+class Optimum(ConfigStat):
+    """The configuration with the lowest mean final loss, and what came second."""
+
+    runner_up_loss: float | None = None
+    within_noise_of_runner_up: bool | None = None
+
+
+class RankBestLR(_Model):
+    rank: int
+    best_lr: float
+    final_loss: float
+    std: float | None
+    n_seeds: int
+    lr_ratio_to_full: float | None
+    losses_by_lr: dict[str, float]
+    consistent_with_common_lr: bool
+
+
+class RankIndependence(_Model):
+    """Does LoRA's best LR depend on the rank?"""
+
+    common_lr: float | None
+    ranks_at_common_lr: int
+    ranks: int
+    rank_independent: bool | None
+    per_rank: list[RankBestLR]
+    high_rank_min: int = 32
+    high_rank_spread: float | None = None
+    high_rank_spread_pct: float | None = None
+    high_ranks: list[int] = []
+
+
+class Gap(_Model):
+    """LoRA's best final loss above full FT's, in % of LoRA's loss (the reference's
+    convention: (0.717 - 0.620) / 0.717 = 13.5%); ``pct_of_full`` divides by full FT's."""
+
+    lora_loss: float
+    full_loss: float
+    absolute: float
+    pct: float
+    pct_of_full: float
+    within_noise: bool | None
+
+
+class TrainableRow(_Model):
+    rank: int
+    trainable_fraction: float | None
+    trainable_params: float | None
+    expected_fraction: float | None
+    under_1pct: bool | None
+    matches_preset: bool | None
+
+
+class TradeoffRow(_Model):
+    """LEXam after fine-tuning with one method at one LR, over its ranks and seeds."""
+
+    method: str
+    lr: float
+    n_runs: int
+    final_loss: float | None
+    accuracy: float | None
+    accuracy_min: float | None
+    accuracy_max: float | None
+    format_rate: float | None
+    loglik_accuracy: float | None
+
+
+class Baseline(_Model):
+    accuracy: float
+    format_rate: float | None
+    loglik_accuracy: float | None
+    chance: float | None
+    run_id: str
+
+
+class ExcludedRun(_Model):
+    run_id: str
+    run_name: str
+    method: str
+    rank: int | None
+    lr: float | None
+    outcome: str
+    reason: str
+
+
+class ModelFindings(_Model):
+    model: str
+    total_params: float | None
+    n_runs: int
+    n_usable: int
+    max_seeds: int
+    lora_best: Optimum | None
+    full_best: Optimum | None
+    lr_ratio: float | None
+    gap: Gap | None
+    rank_independence: RankIndependence | None
+    trainable: list[TrainableRow]
+    tradeoff: list[TradeoffRow]
+    baseline: Baseline | None
+    lexam_at_best: dict[str, float | None]
+    excluded: list[ExcludedRun]
+
+
+class SizeEffect(_Model):
+    models: list[str]
+    total_params: list[float | None]
+    gap_pct: list[float | None]
+    lr_ratio: list[float | None]
+    lora_best_loss: list[float | None]
+    full_best_loss: list[float | None]
+    gap_shrinks_with_size: bool | None
+
+
+class Statement(_Model):
+    """One finding in words, with the question it answers (1-5, ARCHITECTURE.md)."""
+
+    id: str
+    question: str
+    model: str | None
+    text: str
+
+
+class Findings(_Model):
+    sweep_id: str
+    generated_at: str
+    n_runs: int
+    final_loss_definition: str
+    noise_rule: str
+    models: list[ModelFindings]
+    size_effect: SizeEffect | None
+    statements: list[Statement]

@@ -1,0 +1,185 @@
+"""report.md, a self-contained report.html (figures embedded) and findings.json.
+
+The Markdown is written first and the HTML is rendered from it (markdown-it-py, raw
+HTML disabled so run names and tags from MLflow cannot inject markup), so the two
+always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+
+from reporting.findings import Findings, ModelFindings
+from reporting.labels import lr_label, model_label
+from reporting.statements import QUESTIONS, loss, pct, ratio
+
+CAPTIONS = {
+    "lr_sweep": "Final training loss against learning rate, one line per LoRA rank (viridis: "
+                "darker = lower rank), full fine-tuning dashed black; stars mark each method's "
+                "best; red crosses pinned to the top are runs that diverged or failed and are "
+                "kept out of the optima.",
+    "learning_curves": "Training loss against optimizer step (moving average) for every LoRA "
+                       "rank at its best learning rate, and full fine-tuning at its best; the "
+                       "y axis is zoomed on the last 85% of training.",
+    "tradeoff": "Each run's final training loss against its LEXam accuracy, answer format rate "
+                "and log-likelihood accuracy, coloured by learning rate; dashed: the untouched "
+                "base model, dotted: chance.",
+    "trainable_fraction": "Trainable parameters per LoRA rank as logged by the training runs "
+                          "(% of the base model, log scales); dashed: 1%.",
+}
+FIGURE_TITLES = {"lr_sweep": "Learning-rate sweep", "learning_curves": "Learning curves",
+                 "tradeoff": "Knowledge-retention trade-off",
+                 "trainable_fraction": "Trainable parameters per rank"}
+CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+
+def cell(value: object) -> str:
+    """A Markdown table cell: pipes and newlines would break the table."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _summary_table(findings: Findings) -> list[str]:
+    lines = ["| model | LoRA best LR (rank) | LoRA best loss | full FT best LR | "
+             "full FT best loss | LR ratio LoRA/full | gap | LEXam base | LEXam LoRA | "
+             "LEXam full FT |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in findings.models:
+        lo, fu = m.lora_best, m.full_best
+        lines.append("| " + " | ".join(cell(v) for v in [
+            model_label(m.model),
+            f"{lr_label(lo.lr)} (r{lo.rank})" if lo else "n/a", loss(lo.final_loss if lo else None),
+            lr_label(fu.lr) if fu else "n/a", loss(fu.final_loss if fu else None),
+            ratio(m.lr_ratio), f"{m.gap.pct:.1f}%" if m.gap else "n/a",
+            pct(m.baseline.accuracy) if m.baseline else "n/a",
+            pct(m.lexam_at_best.get("lora")), pct(m.lexam_at_best.get("full")),
+        ]) + " |")
+    return lines
+
+
+def _rank_table(m: ModelFindings) -> list[str]:
+    ri = m.rank_independence
+    if not ri:
+        return []
+    lrs = sorted({lr for r in ri.per_rank for lr in r.losses_by_lr}, key=float)
+    lines = [f"**{model_label(m.model)}**", "",
+             "| rank | best LR | final loss | " + " | ".join(f"loss @ {lr_label(float(x))}"
+                                                        for x in lrs) + " | LR ratio to full FT |",
+             "|---" * (4 + len(lrs)) + "|"]
+    for r in ri.per_rank:
+        spread = f" ± {r.std:.3f}" if r.std is not None else ""
+        lines.append("| " + " | ".join([
+            str(r.rank), lr_label(r.best_lr), f"{r.final_loss:.3f}{spread}",
+            *[loss(r.losses_by_lr.get(x)) for x in lrs], ratio(r.lr_ratio_to_full)]) + " |")
+    return [*lines, ""]
+
+
+def _tradeoff_table(m: ModelFindings) -> list[str]:
+    if not m.tradeoff:
+        return []
+    lines = [f"**{model_label(m.model)}**"
+             + (f" (base model: accuracy {pct(m.baseline.accuracy)}, format rate "
+                f"{pct(m.baseline.format_rate)}, log-likelihood accuracy "
+                f"{pct(m.baseline.loglik_accuracy)})" if m.baseline else ""), "",
+             "| method | LR | runs | mean final loss | LEXam accuracy (min-max) | "
+             "format rate | log-likelihood accuracy |", "|---|---|---|---|---|---|---|"]
+    for t in sorted(m.tradeoff, key=lambda t: (t.method, t.lr)):
+        lines.append("| " + " | ".join([
+            "LoRA" if t.method == "lora" else "full FT", lr_label(t.lr), str(t.n_runs),
+            loss(t.final_loss), f"{pct(t.accuracy)} ({pct(t.accuracy_min)}-{pct(t.accuracy_max)})",
+            pct(t.format_rate), pct(t.loglik_accuracy)]) + " |")
+    return [*lines, ""]
+
+
+def _excluded_table(findings: Findings) -> list[str]:
+    rows = [(m, e) for m in findings.models for e in m.excluded]
+    if not rows:
+        return ["No run was kept out: every run finished with a finite final loss.", ""]
+    lines = ["| run | model | method | rank | LR | outcome | reason |",
+             "|---|---|---|---|---|---|---|"]
+    for m, e in rows:
+        lines.append("| " + " | ".join(cell(v) for v in [
+            e.run_name, m.model, e.method, e.rank if e.rank is not None else "",
+            lr_label(e.lr) if e.lr else "", e.outcome, e.reason]) + " |")
+    return [*lines, ""]
+
+
+def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
+    lines = [f"# LoRA vs full fine-tuning: sweep `{findings.sweep_id}`", "",
+             f"Regenerated from MLflow at {findings.generated_at} from {findings.n_runs} "
+             f"training runs ({', '.join(model_label(m.model) for m in findings.models)}).", "",
+             "## Summary", "", *_summary_table(findings), "",
+             "Gap = (best LoRA loss - best full FT loss) / best LoRA loss. LEXam columns: "
+             "accuracy of the untouched base model and of the runs at each method's "
+             "lowest-loss configuration.", "", "## Findings", ""]
+    for question in QUESTIONS.values():
+        said = [s for s in findings.statements if s.question == question]
+        if said:
+            lines += [f"### {question}", "", *[f"- {cell(s.text)}" for s in said], ""]
+    lines += ["## Figures", ""]
+    for name, paths in figures.items():
+        png = next(p for p in paths if p.suffix == ".png")
+        svg = next((p for p in paths if p.suffix == ".svg"), None)
+        lines += [f"### {FIGURE_TITLES.get(name, name)}", "",
+                  f"![{FIGURE_TITLES.get(name, name)}]({png.name})", "",
+                  CAPTIONS.get(name, "") + (f" Vector version: `{svg.name}`." if svg else ""), ""]
+    lines += ["## Best learning rate per LoRA rank", ""]
+    for m in findings.models:
+        lines += _rank_table(m)
+    lines += ["## LEXam after fine-tuning, per learning rate", ""]
+    if not any(m.tradeoff for m in findings.models):
+        lines += ["No LEXam metrics logged for this sweep yet.", ""]
+    for m in findings.models:
+        lines += _tradeoff_table(m)
+    lines += ["## Runs kept out of the optima", "", *_excluded_table(findings),
+              "## Definitions", "",
+              f"- Final loss: {findings.final_loss_definition}.",
+              f"- Noise: {findings.noise_rule}.",
+              "- Gap: (best LoRA - best full FT) / best LoRA final loss, the reference "
+              "study's convention (its 13.5% for 8B is (0.717 - 0.620) / 0.717).",
+              "- Rank independence: the LR most ranks find best; a rank whose best LR differs "
+              "counts as consistent only if that LR's loss is within noise of its best.",
+              "- Machine-readable: `findings.json`.", ""]
+    return "\n".join(lines)
+
+
+def _embed(body: str, figures: dict[str, list[Path]]) -> str:
+    for paths in figures.values():
+        for path in paths:
+            if path.suffix == ".png":
+                data = base64.b64encode(path.read_bytes()).decode()
+                body = body.replace(f'src="{path.name}"', f'src="data:image/png;base64,{data}"')
+    return body
+
+
+def html_page(markdown_text: str, findings: Findings, figures: dict[str, list[Path]]) -> str:
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    body = _embed(renderer.render(markdown_text), figures)
+    title = html.escape(f"LoRA vs full fine-tuning: sweep {findings.sweep_id}")
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title><style>{CSS}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def write_report(findings: Findings, figures: dict[str, list[Path]], out_dir: Path) -> dict:
+    """Write report.md, report.html and findings.json; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(findings, figures)
+    paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html",
+             "findings": out_dir / "findings.json"}
+    paths["markdown"].write_text(text)
+    paths["html"].write_text(html_page(text, findings, figures))
+    paths["findings"].write_text(json.dumps(findings.model_dump(mode="json"), indent=2) + "\n")
+    return paths
