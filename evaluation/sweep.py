@@ -12,6 +12,7 @@ run of the sweep and base model: LoRA adapters from the registry (tag
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,6 +39,11 @@ class SweepTarget(BaseModel):
     method: Literal["lora", "full"]
     model_uri: str | None = None
     checkpoint_path: str | None = None
+
+    @property
+    def adapter_name(self) -> str:
+        """The run name as a PEFT/vLLM adapter name (PEFT refuses dots in module names)."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.run_name)
 
 
 def find_targets(client: MlflowClient, sweep_id: str, model: str,
@@ -96,7 +102,7 @@ def evaluate_sweep(sweep_id: str, model: str, options: EvalOptions,
                             workdir) as get:
             record(_run(get(None), eval_set, options, model, None, backend), baseline_id)
             for target, _ in loras:
-                report = _run(get(target.run_name), eval_set, options, model,
+                report = _run(get(target.adapter_name), eval_set, options, model,
                               target.model_uri, backend)
                 record(report, target.run_id)
         for target in fulls:
@@ -126,7 +132,7 @@ def _base_backends(backend: SweepBackend, base_path: str,
         local = TransformersBackend(base_path, dtype=dtype,  # type: ignore[arg-type]
                                     batch_size=options.batch_size)
         for target, folder in loras:
-            local.add_adapter(target.run_name, folder)
+            local.add_adapter(target.adapter_name, folder)
 
         def pick(name: str | None) -> Backend:
             local.use(name)
@@ -139,7 +145,7 @@ def _base_backends(backend: SweepBackend, base_path: str,
 
     config = VllmServerConfig(
         model=base_path, port=server_port or free_port(),
-        adapters=tuple(LoraModule(name=t.run_name, path=str(folder), rank=adapter_rank(folder))
+        adapters=tuple(LoraModule(name=t.adapter_name, path=str(folder), rank=adapter_rank(folder))
                        for t, folder in loras),
     )
     with ExitStack() as stack:
