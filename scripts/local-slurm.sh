@@ -51,21 +51,26 @@ cmd_up() {
   cmd_install
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  chmod 755 "$dir"  # munged (user munge) must reach its folder
-  mkdir -p "$dir"/{etc,log,run,state,spool,ssh,work,munge}
+  mkdir -p "$dir"/{etc,log,run,state,spool,ssh,work}
+  # munged runs as user munge, which must reach its folder: DIR's parents may be private
+  # (pytest's tmp folders are), so munge state lives in its own folder under /tmp.
+  local mdir
+  mdir=$(mktemp -d /tmp/lr-munge-XXXXXX)
+  chmod 755 "$mdir"
+  ln -sfn "$mdir" "$dir/munge"
   local user ctld_port slurmd_port ssh_port
   user=$(id -un)
   ctld_port=$(free_port); slurmd_port=$(free_port); ssh_port=$(free_port)
 
   # munge: a private key and socket, run as the munge user (munged refuses root).
-  local key="$dir/munge/munge.key"
+  local key="$mdir/munge.key"
   if [ -r /etc/munge/munge.key ]; then cp /etc/munge/munge.key "$key"
   else mungekey --create --keyfile="$key" >/dev/null; fi
-  chown -R munge:munge "$dir/munge"; chmod 755 "$dir/munge"; chmod 400 "$key"
-  runuser -u munge -- /usr/sbin/munged --socket="$dir/munge/munge.sock" \
-    --key-file="$key" --pid-file="$dir/munge/munged.pid" \
-    --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/munged.seed"
-  wait_for 10 test -S "$dir/munge/munge.sock" || die "munged did not start"
+  chown -R munge:munge "$mdir"; chmod 400 "$key"
+  runuser -u munge -- /usr/sbin/munged --socket="$mdir/munge.sock" \
+    --key-file="$key" --pid-file="$mdir/munged.pid" \
+    --log-file="$mdir/munged.log" --seed-file="$mdir/munged.seed"
+  wait_for 10 test -S "$mdir/munge.sock" || die "munged did not start"
 
   cat >"$dir/etc/slurm.conf" <<EOF
 ClusterName=lrlocal
@@ -74,7 +79,7 @@ SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.sock
+AuthInfo=socket=$mdir/munge.sock
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$dir/state
@@ -163,6 +168,10 @@ cmd_down() {
   stop_pidfile "$dir/run/slurmd.pid"
   stop_pidfile "$dir/run/slurmctld.pid"
   stop_pidfile "$dir/munge/munged.pid"
+  if [ -L "$dir/munge" ]; then
+    rm -rf "$(readlink "$dir/munge")"
+    rm -f "$dir/munge"
+  fi
 }
 
 case "${1:-}" in

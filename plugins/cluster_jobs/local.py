@@ -7,6 +7,7 @@ interface and folder layout, so the operator and trigger do not care which one r
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.states import JobState, JobStatus
 
 PID_FILE = "runner.pid"
+LOCK_FILE = "runner.lock"
 CANCEL_FILE = "cancel_requested"
 
 
@@ -60,32 +62,36 @@ class LocalJobs:
         limit = self.profile.resources_for(request.resources_key).time_limit_seconds
         env = {**os.environ, "CLUSTER_JOB_ID": job_id}
         env.pop("SLURM_JOB_ID", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster_jobs.local_runner", str(job_dir), str(limit)],
-            cwd=job_dir, env=env, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        lock = os.open(job_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # handed to the runner, held while it lives
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cluster_jobs.local_runner", str(job_dir), str(limit)],
+                cwd=job_dir, env=env, start_new_session=True, pass_fds=(lock,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(lock)
         (job_dir / PID_FILE).write_text(str(proc.pid))
         (job_dir / JOB_ID_FILE).write_text(job_id)
         return job_id, False
 
     def _runner_alive(self, job_dir: Path) -> bool:
+        """The runner holds an exclusive lock on LOCK_FILE for as long as it lives (taken
+        before it starts, so there is no window where a starting runner looks dead)."""
+        with contextlib.suppress(OSError, ValueError):
+            os.waitpid(int((job_dir / PID_FILE).read_text()), os.WNOHANG)  # reap our child
         try:
-            pid = int((job_dir / PID_FILE).read_text())
-        except (OSError, ValueError):
+            fd = os.open(job_dir / LOCK_FILE, os.O_RDWR)
+        except FileNotFoundError:
             return False
         try:
-            # A zombie child of this process counts as gone: reap it.
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return False
-        except ChildProcessError:
-            pass
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return str(job_dir).encode() in cmdline  # not a recycled pid
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the lock if we got it
+        return False
 
     def status(self, job_id: str, key: str | None = None) -> JobStatus:
         job_dir = self.job_dir(job_id)
@@ -96,7 +102,7 @@ class LocalJobs:
                              exit_code=result["exit_code"], signal=result["signal"])
         if not (job_dir / JOB_ID_FILE).is_file():
             return JobStatus(job_id=job_id, state=JobState.FAILED, reason="unknown job")
-        if self._runner_alive(job_dir) or not (job_dir / PID_FILE).is_file():
+        if self._runner_alive(job_dir):
             return JobStatus(job_id=job_id, state=JobState.RUNNING)
         if result_file.is_file():  # finished between the two checks
             return self.status(job_id, key)

@@ -1,0 +1,218 @@
+"""cluster_jobs without a cluster: states, profiles, scripts, the local backend, the
+trigger sensing local jobs, and the operator's decisions (re-attach, failure messages)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from cluster_jobs.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest, render_script
+from cluster_jobs.local import LocalJobs
+from cluster_jobs.operators import ClusterJobOperator
+from cluster_jobs.profiles import (
+    ClusterProfile,
+    ProfileError,
+    load_profile,
+    parse_profile,
+    profile_names,
+)
+from cluster_jobs.states import FINAL_STATES, JobState, from_slurm
+from cluster_jobs.trigger import ClusterJobTrigger
+
+# Strings a hostile trigger conf might smuggle into a command line.
+PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "x && id",
+            "-rf", "|id", "\\", "*"]
+
+
+def sense(trigger: ClusterJobTrigger, timeout: float = 120) -> dict:
+    """Run the trigger to its first event, as the triggerer would."""
+    async def first() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("trigger ended without an event")
+
+    return asyncio.run(asyncio.wait_for(first(), timeout))
+
+
+@pytest.fixture
+def local_profile(tmp_path: Path) -> ClusterProfile:
+    return ClusterProfile(name="local-test", backend="local", work_dir=str(tmp_path / "jobs"),
+                          poll_interval=0.2, resources={"time_limit": "10"})
+
+
+def submit_and_sense(profile: ClusterProfile, request: JobRequest) -> dict:
+    job_id, reattached = LocalJobs(profile).submit(request, os.environ)
+    assert not reattached
+    return sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id,
+                                   key=request.key))
+
+
+def fake_context(map_index: int = -1) -> dict:
+    ti = SimpleNamespace(dag_id="d", run_id="manual__1", task_id="t", map_index=map_index)
+    return {"ti": ti}
+
+
+# -- states and profiles -----------------------------------------------------------------
+
+@pytest.mark.parametrize(("slurm", "state"), [
+    ("COMPLETED", JobState.COMPLETED), ("CANCELLED by 0", JobState.CANCELLED),
+    ("OUT_OF_ME+", JobState.OUT_OF_MEMORY), ("OUT_OF_MEMORY", JobState.OUT_OF_MEMORY),
+    ("TIMEOUT", JobState.TIMEOUT), ("NODE_FAIL", JobState.NODE_FAIL),
+    ("PREEMPTED", JobState.PREEMPTED), ("REQUEUED", JobState.REQUEUED),
+    ("COMPLETING", JobState.RUNNING), ("PENDING", JobState.PENDING),
+])
+def test_slurm_states_map_to_job_states(slurm: str, state: JobState) -> None:
+    assert from_slurm(slurm) is state
+
+
+def test_preempted_and_requeued_jobs_are_waited_for() -> None:
+    assert not JobState.PREEMPTED.finished and not JobState.REQUEUED.finished
+    assert {JobState.FAILED, JobState.TIMEOUT, JobState.OUT_OF_MEMORY} <= FINAL_STATES
+    with pytest.raises(ValueError, match="unknown SLURM job state"):
+        from_slurm("NOT_A_STATE")
+
+
+def test_every_shipped_profile_loads() -> None:
+    names = profile_names()
+    assert {"local", "slurm", "alps"} <= set(names)
+    for name in names:
+        load_profile(name)
+
+
+def test_alps_profile_follows_the_reference_study() -> None:
+    alps = load_profile("alps")
+    assert alps.environment and alps.launcher == "torchrun"
+    small, large = alps.resources_for("apertus-8b"), alps.resources_for("apertus-70b")
+    assert (small.nodes, small.gpus_per_node, small.job_settings) == (2, 4, {"zero_stage": 0})
+    assert large.nodes >= 4 and large.job_settings == {"zero_stage": 3}
+
+
+def test_bad_profile_names_the_field() -> None:
+    with pytest.raises(ProfileError, match="partition"):
+        parse_profile({"name": "x", "backend": "slurm", "ssh_conn_id": "c",
+                       "partition": "gpu; rm -rf /"})
+    with pytest.raises(ProfileError, match="ssh_conn_id"):
+        parse_profile({"name": "x", "backend": "slurm"})
+    with pytest.raises(ProfileError, match="unknown profile"):
+        load_profile("nope")
+
+
+def test_alps_script_is_valid_bash_with_container_and_torchrun(tmp_path: Path) -> None:
+    alps = load_profile("alps")
+    request = JobRequest(name="j", argv=("python", "-m", "training", "--spec",
+                                         f"{JOB_DIR_PLACEHOLDER}/spec.yaml"),
+                         resources_key="apertus-70b", key="k")
+    script = render_script(alps, request, "/scratch/jobs/k", {})
+    assert "#SBATCH --nodes=4" in script and "#SBATCH --gpus-per-node=4" in script
+    assert "--environment=lora-regret" in script and "torchrun" in script
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+# -- the local backend -------------------------------------------------------------------
+
+def test_local_job_gets_hostile_strings_verbatim(local_profile: ClusterProfile,
+                                                 tmp_path: Path) -> None:
+    """Arguments, environment values and file contents reach the job unchanged."""
+    code = ("import json, os, sys; print(json.dumps({'argv': sys.argv[1:], "
+            "'env': os.environ['HOSTILE'], 'job': os.environ['CLUSTER_JOB_ID'], "
+            "'file': open(os.environ['JOB_DIR'] + '/payload.txt').read()}))")
+    request = JobRequest(name="verbatim", key="verbatim",
+                         argv=(sys.executable, "-c", code, *PAYLOADS, JOB_ID_PLACEHOLDER),
+                         env={"HOSTILE": PAYLOADS[0]}, files={"payload.txt": "\n".join(PAYLOADS)})
+    event = submit_and_sense(local_profile, request)
+    assert event["status"]["state"] == "COMPLETED"
+    log = (tmp_path / "jobs" / "verbatim" / "job.log").read_text()
+    seen = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert seen == {"argv": [*PAYLOADS, "verbatim"], "env": PAYLOADS[0], "job": "verbatim",
+                    "file": "\n".join(PAYLOADS)}
+
+
+def test_local_failure_reports_state_exit_code_and_log_tail(local_profile: ClusterProfile
+                                                            ) -> None:
+    request = JobRequest(name="fails", key="fails",
+                         argv=("bash", "-c", "echo preparing; echo boom >&2; exit 3"))
+    event = submit_and_sense(local_profile, request)
+    assert event["status"]["state"] == "FAILED" and event["status"]["exit_code"] == 3
+    operator = ClusterJobOperator(task_id="t", job=request, profile=local_profile.model_dump())
+    with pytest.raises(AirflowFailException) as failure:
+        operator.execute_complete(fake_context(), event)
+    message = str(failure.value)
+    assert "FAILED" in message and "exit code 3" in message and "boom" in message
+    # A declared non-zero outcome (e.g. a recorded divergence) ends the task successfully.
+    accepting = ClusterJobOperator(task_id="t2", job=request, accept_exit_codes=(3,),
+                                   profile=local_profile.model_dump())
+    assert accepting.execute_complete(fake_context(), event)["exit_code"] == 3
+
+
+def _wait_for_file(path: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.is_file() or not path.read_text().strip():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+    return path.read_text().strip()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+
+
+def test_local_cancel_stops_the_whole_process_group(local_profile: ClusterProfile,
+                                                    tmp_path: Path) -> None:
+    request = JobRequest(name="cancel", key="cancel",
+                         argv=("bash", "-c", "sleep 300 & echo $! > inner.pid; wait"))
+    jobs = LocalJobs(local_profile)
+    job_id, _ = jobs.submit(request, os.environ)
+    inner = int(_wait_for_file(tmp_path / "jobs" / "cancel" / "inner.pid"))
+    trigger = ClusterJobTrigger(profile=local_profile.model_dump(), job_id=job_id, key="cancel")
+    asyncio.run(trigger.on_kill())  # what the triggerer does when a user kills the task
+    event = sense(trigger)
+    assert event["status"]["state"] == "CANCELLED"
+    assert _gone(inner), "the job's child process survived the cancel"
+
+
+def test_local_time_limit_ends_in_timeout(tmp_path: Path) -> None:
+    profile = ClusterProfile(name="short", backend="local", work_dir=str(tmp_path / "jobs"),
+                             poll_interval=0.2, resources={"time_limit": "0:02"})  # M:SS
+    request = JobRequest(name="slow", key="slow", argv=("sleep", "300"))
+    event = submit_and_sense(profile, request)
+    assert event["status"]["state"] == "TIMEOUT"
+    assert "time limit" in event["log_tail"]
+
+
+def test_operator_retry_reattaches_instead_of_submitting_again(local_profile: ClusterProfile,
+                                                               tmp_path: Path) -> None:
+    request = JobRequest(name="once", argv=("bash", "-c", "echo run >> runs.txt; sleep 1"))
+    operator = ClusterJobOperator(task_id="t", job=request, profile=local_profile.model_dump())
+    triggers = []
+    for _ in range(2):  # the first try, then a retry of the same task instance
+        with pytest.raises(TaskDeferred) as deferred:
+            operator.execute(fake_context(map_index=3))
+        triggers.append(deferred.value.trigger)
+    assert triggers[0].job_id == triggers[1].job_id
+    event = sense(triggers[1])
+    assert operator.execute_complete(fake_context(3), event)["state"] == "COMPLETED"
+    job_dirs = list((tmp_path / "jobs").iterdir())
+    assert len(job_dirs) == 1 and (job_dirs[0] / "runs.txt").read_text() == "run\n"
+
+
+def test_invalid_job_request_fails_without_submitting(local_profile: ClusterProfile,
+                                                      tmp_path: Path) -> None:
+    operator = ClusterJobOperator(task_id="t", profile=local_profile.model_dump(),
+                                  job={"name": "$(id)", "argv": ["true"]})
+    with pytest.raises(AirflowFailException, match="name"):
+        operator.execute(fake_context())
+    assert not (tmp_path / "jobs").exists()

@@ -1,0 +1,157 @@
+"""cluster_jobs against a real single-node SLURM cluster reached over a real sshd.
+
+The cluster and sshd are started by the `local_slurm` fixture (tests/slurm_fixtures.py);
+jobs are submitted through the Airflow SSH connection and sensed by the trigger over
+asyncssh, exactly as in the triggerer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from cluster_jobs.jobs import JOB_ID_PLACEHOLDER, JobRequest
+from cluster_jobs.operators import ClusterJobOperator
+from cluster_jobs.profiles import ClusterProfile
+from cluster_jobs.slurm import SlurmJobs
+from cluster_jobs.states import JobState
+from cluster_jobs.trigger import ClusterJobTrigger
+
+from training.spec import RunSpec
+
+pytestmark = pytest.mark.slurm
+
+PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "|id"]
+
+
+def sense(trigger: ClusterJobTrigger, timeout: float = 300) -> dict:
+    async def first() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("trigger ended without an event")
+
+    return asyncio.run(asyncio.wait_for(first(), timeout))
+
+
+def submit(profile: ClusterProfile, request: JobRequest) -> ClusterJobTrigger:
+    job_id, reattached = SlurmJobs(profile).submit(request, os.environ)
+    assert not reattached
+    return ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id, key=request.key)
+
+
+def context(map_index: int = -1) -> dict:
+    return {"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=map_index)}
+
+
+def test_completed_job_over_ssh_gets_hostile_strings_verbatim(slurm_profile: ClusterProfile
+                                                               ) -> None:
+    code = ("import json, os, sys; print(json.dumps({'argv': sys.argv[1:], "
+            "'env': os.environ['HOSTILE'], 'file': open('payload.txt').read()}))")
+    request = JobRequest(name="ok", key="ok", argv=("python3", "-c", code, *PAYLOADS),
+                         env={"HOSTILE": PAYLOADS[0]}, files={"payload.txt": PAYLOADS[1]})
+    profile = slurm_profile.model_copy(update={"chdir": None})  # run in the job folder
+    event = sense(submit(profile, request))
+    assert event["status"]["state"] == "COMPLETED", event
+    log = (Path(profile.work_dir) / "ok" / "job.log").read_text()
+    seen = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert seen == {"argv": list(PAYLOADS), "env": PAYLOADS[0], "file": PAYLOADS[1]}
+
+
+def test_failed_job_reports_exit_code_and_log_tail(slurm_profile: ClusterProfile) -> None:
+    request = JobRequest(name="fails", key="fails",
+                         argv=("bash", "-c", "echo step 1; echo 'loss is nan' >&2; exit 3"))
+    event = sense(submit(slurm_profile, request))
+    assert event["status"]["state"] == "FAILED" and event["status"]["exit_code"] == 3
+    operator = ClusterJobOperator(task_id="t", job=request, profile=slurm_profile.model_dump())
+    with pytest.raises(AirflowFailException) as failure:
+        operator.execute_complete(context(), event)
+    assert "exit code 3" in str(failure.value) and "loss is nan" in str(failure.value)
+
+
+def test_killed_task_cancels_its_slurm_job(slurm_profile: ClusterProfile,
+                                           local_slurm) -> None:
+    request = JobRequest(name="cancel-me", key="cancel-me", argv=("sleep", "300"))
+    trigger = submit(slurm_profile, request)
+    deadline = time.monotonic() + 60
+    while "JobState=RUNNING" not in local_slurm.scontrol("show", "job", "-o", trigger.job_id):
+        assert time.monotonic() < deadline, "job never started"
+        time.sleep(0.5)
+    asyncio.run(trigger.on_kill())  # the triggerer's reaction to mark-failed / clear
+    event = sense(trigger)
+    assert event["status"]["state"] == JobState.CANCELLED.value
+
+
+def test_retry_reattaches_to_the_submitted_job(slurm_profile: ClusterProfile,
+                                               local_slurm) -> None:
+    request = JobRequest(name="once", argv=("bash", "-c", "sleep 2; echo done"))
+    operator = ClusterJobOperator(task_id="t", job=request, profile=slurm_profile.model_dump())
+    triggers = []
+    for _ in range(2):
+        with pytest.raises(TaskDeferred) as deferred:
+            operator.execute(context(map_index=7))
+        triggers.append(deferred.value.trigger)
+    assert triggers[0].job_id == triggers[1].job_id
+    event = sense(triggers[1])
+    assert operator.execute_complete(context(7), event)["state"] == "COMPLETED"
+    assert len(list(Path(slurm_profile.work_dir).iterdir())) == 1
+
+
+def test_unknown_connection_fails_without_retry_storm(slurm_profile: ClusterProfile) -> None:
+    """A dropped/unreachable SSH endpoint is transient: the trigger reports an error
+    event after its reconnect budget (the operator then raises a retryable error)."""
+    os.environ["AIRFLOW_CONN_LR_DEAD"] = json.dumps(
+        {"conn_type": "ssh", "host": "127.0.0.1", "port": 1, "login": "nobody"})
+    try:
+        profile = slurm_profile.model_copy(update={"ssh_conn_id": "lr_dead"})
+        trigger = ClusterJobTrigger(profile=profile.model_dump(), job_id="1", key="x",
+                                    max_reconnect_attempts=1)
+        event = sense(trigger)
+    finally:
+        os.environ.pop("AIRFLOW_CONN_LR_DEAD")
+    assert event["error"] and "connection" in event["error"]
+    operator = ClusterJobOperator(task_id="t", job={"name": "x", "argv": ["true"]},
+                                  profile=profile.model_dump())
+    with pytest.raises(Exception) as raised:
+        operator.execute_complete(context(), event)
+    assert not isinstance(raised.value, AirflowFailException)  # retryable
+
+
+@pytest.mark.slow
+def test_time_limit_ends_in_timeout(slurm_profile: ClusterProfile) -> None:
+    """SLURM limits are whole minutes, checked about every 30 s: this takes 60-90 s."""
+    profile = slurm_profile.model_copy(update={"resources": {"time_limit": "1"}})
+    profile = ClusterProfile.model_validate(profile.model_dump())
+    event = sense(submit(profile, JobRequest(name="slow", key="slow", argv=("sleep", "600"))))
+    assert event["status"]["state"] == "TIMEOUT"
+
+
+@pytest.mark.slow
+def test_training_spec_runs_as_a_slurm_job_and_lands_in_mlflow(
+    slurm_profile: ClusterProfile, mlflow_uri: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = RunSpec(model="tiny-apertus", method="lora", rank=2, lr=1e-3, max_steps=2,
+                   per_device_batch=2, grad_accum=1, max_seq_length=128,
+                   data={"source": "synthetic", "synthetic_size": 16},
+                   output_dir=str(Path(slurm_profile.outputs_dir)), sweep_id="slurm-test")
+    request = JobRequest(
+        name="train", key="train", files={"spec.yaml": spec.to_yaml()},
+        argv=(slurm_profile.python_executable(), "-m", "training", "--spec",
+              "{job_dir}/spec.yaml", "--job-id", JOB_ID_PLACEHOLDER),
+    )
+    trigger = submit(slurm_profile, request)
+    event = sense(trigger, timeout=600)
+    assert event["status"]["state"] == "COMPLETED", event
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name(spec.experiment).experiment_id],
+        filter_string=f"tags.spec_hash = '{spec.spec_hash}'")
+    assert len(runs) == 1
+    tags = runs[0].data.tags
+    assert tags["outcome"] == "finished" and tags["job_id"] == trigger.job_id
