@@ -1,0 +1,103 @@
+"""lora_regret_report in real Airflow: DagBag import, schedule on the sweep-results Asset,
+dag.test() against a real MLflow store, sweep ids from real asset-event objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from synthetic_sweep import log_sweep
+
+from training.sweep import parse_sweep
+
+DAG_ID = "lora_regret_report"
+SMALL = parse_sweep({"name": "dagtest", "grids": [
+    {"models": ["apertus-8b"], "methods": ["lora"], "learning_rates": [1e-4, 1e-3],
+     "ranks": [8, 64]},
+    {"models": ["apertus-8b"], "methods": ["full"], "learning_rates": [1e-5, 1e-4]}]})
+
+
+def load_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag()
+    assert bag.import_errors == {}
+    return bag.get_dag(DAG_ID)
+
+
+def states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+@pytest.mark.airflow
+def test_dag_is_scheduled_on_the_sweep_results_asset(airflow_db: Path) -> None:
+    from airflow.sdk import Asset
+
+    dag = load_dag()
+    assert list(dag.timetable.asset_condition.objects) == [
+        Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep-results")]
+    assert dag.params.get_param("sweep_id").value is None
+
+
+@pytest.mark.airflow
+def test_dag_test_writes_and_logs_the_report(airflow_db: Path, mlflow_uri: str,
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    reports = tmp_path / "reports"
+    monkeypatch.setenv("LORA_REGRET_REPORTS_DIR", str(reports))
+    log_sweep(SMALL, sweep_id="dagtest", steps=40, tracking_uri=mlflow_uri, baselines=False)
+    run = load_dag().test(run_conf={"sweep_id": "dagtest"})
+    assert run.state == "success", states(run)
+    folder = reports / "dagtest"
+    assert (folder / "report.html").stat().st_size > 10_000
+    assert (folder / "lr_sweep.png").stat().st_size > 10_000
+    client = MlflowClient(mlflow_uri)
+    logged = client.search_runs(
+        [client.get_experiment_by_name("lora-regret").experiment_id],
+        "tags.kind = 'report' and tags.sweep_id = 'dagtest'")
+    assert len(logged) == 1
+    assert logged[0].data.metrics["report/apertus-8b/lr_ratio"] == pytest.approx(10.0)
+
+
+@pytest.mark.airflow
+def test_bad_sweep_id_is_refused_by_the_form(airflow_db: Path, mlflow_uri: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        load_dag().test(run_conf={"sweep_id": "x; touch pwned"})
+    assert not Path("pwned").exists()
+
+
+def _event(extra: dict):
+    from airflow.sdk import Asset
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+
+    # As stored by Airflow: the Asset's normalised URI (a trailing slash is added).
+    asset = Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep-results")
+    return AssetEventDagRunReferenceResult.model_validate({
+        "asset": {"name": asset.name, "uri": asset.uri, "extra": {}},
+        "extra": extra, "source_task_id": "publish", "source_dag_id": "lora_regret_sweep",
+        "source_run_id": "manual__1", "source_map_index": -1, "source_aliases": [],
+        "timestamp": datetime.now(UTC),
+    })
+
+
+@pytest.mark.airflow
+def test_sweep_ids_come_from_the_triggering_asset_events(airflow_db: Path) -> None:
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    task = load_dag().get_task("sweeps_to_report")
+    events = TriggeringAssetEventsAccessor.build(
+        [_event({"sweep_id": "reference"}), _event({"sweep_id": "demo-cpu"}),
+         _event({"sweep_id": "reference"})])
+    pick = task.python_callable
+    assert pick(params={"sweep_id": None}, triggering_asset_events=events) == [
+        "reference", "demo-cpu"]
+    assert pick(params={"sweep_id": "by-hand"}, triggering_asset_events=events) == ["by-hand"]
+    assert pick(params={"sweep_id": None},
+                triggering_asset_events=TriggeringAssetEventsAccessor.build([])) == []
+    with pytest.raises(ValueError, match="sweep_id"):
+        pick(params={}, triggering_asset_events=TriggeringAssetEventsAccessor.build(
+            [_event({"sweep_id": "$(reboot)"})]))
