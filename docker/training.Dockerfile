@@ -55,8 +55,11 @@ COPY evaluation/ evaluation/
 COPY reporting/ reporting/
 COPY plugins/cluster_jobs/ plugins/cluster_jobs/
 COPY configs/ configs/
+# tiny-apertus (random weights, built offline) is prepared now: the `tiny` sweep then
+# runs as a cluster smoke test without building it in every job.
 RUN uv pip install --no-deps -e . \
-    && python -m training --help > /dev/null
+    && python -m training --help > /dev/null \
+    && python -m training.models prepare tiny-apertus
 
 # Models and datasets are cached here unless HF_HOME is set (the Alps profile sets it).
 ENV HF_HOME=/opt/hf-cache
