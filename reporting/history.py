@@ -35,7 +35,8 @@ def empty_history() -> pd.DataFrame:
 def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return empty_history()
-    frame = frame[HISTORY_COLUMNS].astype({"step": "int64", "value": float})
+    frame = frame[HISTORY_COLUMNS].astype({"run_id": str, "key": str, "step": "int64",
+                                           "value": float})
     return frame.sort_values(["run_id", "key", "step"], kind="stable").reset_index(drop=True)
 
 
@@ -96,10 +97,10 @@ def _fetch_rest(client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str
                 rows.append({"run_id": metric["run_id"], "key": metric["key"],
                              "step": int(metric.get("step", 0)),
                              "value": float(metric.get("value", np.nan))})
-    frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+    parts = [pd.DataFrame(rows, columns=HISTORY_COLUMNS)] if rows else []
     if long:
-        frame = pd.concat([frame, _fetch_client(client, long, keys)], ignore_index=True)
-    return frame
+        parts.append(_fetch_client(client, long, keys))
+    return pd.concat(parts, ignore_index=True) if parts else empty_history()
 
 
 def _fetch_client(client: MlflowClient, run_ids: Sequence[str],

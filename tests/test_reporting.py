@@ -220,3 +220,41 @@ def test_cli_help_and_errors(tmp_path: Path, mlflow_uri: str,
     assert "no training runs tagged sweep_id='nope'" in capsys.readouterr().err
     assert main(["--all", "--output-dir", str(tmp_path), "--experiment", "absent"]) == 3
     assert "no MLflow experiment named 'absent'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rest_store_reads_histories_in_batches(store: tuple[str, LoggedSweep],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real `mlflow server`: the get-history-bulk-interval path (and its per-run
+    fallback for runs longer than the endpoint's limit) returns what SQL returns."""
+    import socket
+    import urllib.request
+
+    import reporting.history as history
+
+    uri, _ = store
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)  # noqa: S310
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(1)
+        rest = MlflowClient(f"http://127.0.0.1:{port}")
+        assert history.store_kind(rest) == "rest"
+        expected = load_sweep(MlflowClient(uri), SWEEP).history
+        assert load_sweep(rest, SWEEP).history.equals(expected)
+        monkeypatch.setattr(history, "REST_MAX_STEPS", 100)  # every run is "long" now
+        assert load_sweep(rest, SWEEP).history.equals(expected)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

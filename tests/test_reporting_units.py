@@ -144,3 +144,14 @@ def test_labels() -> None:
     assert [lr_label(x) for x in (1e-3, 1e-4, 3.5e-4, 2e-5)] == ["1e-3", "1e-4", "3.5e-4",
                                                                   "2e-5"]
     assert model_label("apertus-70b") == "Apertus 70B" and model_label("tiny") == "tiny"
+
+
+def test_reporting_imports_neither_torch_nor_airflow() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, reporting.pipeline, reporting.cli, reporting.triggers\n"
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'airflow', 'training', 'transformers'})\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
