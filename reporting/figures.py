@@ -102,9 +102,10 @@ def lr_sweep(runs: pd.DataFrame, findings: Findings, out_dir: Path) -> list[Path
             if not math.isfinite(row.lr):
                 continue
             what = "full FT" if row.method == "full" else f"LoRA r{row.rank}"
-            ax.plot([row.lr], [0.96], marker="X", ms=9, color=EXCLUDED_COLOR, transform=trans,
-                    clip_on=False)
-            ax.annotate(f"{what}: {row.outcome}", (row.lr, 0.96 - 0.055 * (i + 1)),
+            # On the top frame, off the loss scale: its position is not a loss value.
+            ax.plot([row.lr], [1.0], marker="X", ms=9, color=EXCLUDED_COLOR, transform=trans,
+                    clip_on=False, zorder=6)
+            ax.annotate(f"{what}: {row.outcome}", (row.lr, 0.99 - 0.055 * (i + 1)),
                         xycoords=trans, ha="center", fontsize=7, color=EXCLUDED_COLOR)
         _lr_axis(ax, sorted(float(x) for x in runs.loc[runs["model"] == m.model, "lr"]
                             .dropna().unique()))
@@ -130,7 +131,8 @@ def lr_sweep(runs: pd.DataFrame, findings: Findings, out_dir: Path) -> list[Path
                        label="best per method")]
     if (runs["excluded_reason"] != "").any():
         handles.append(Line2D([], [], marker="X", color=EXCLUDED_COLOR, ls="",
-                              label="diverged/failed\n(excluded)"))
+                              label="diverged/failed run\n(excluded; drawn on the\ntop edge, "
+                                    "not at a loss)"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
                frameon=False)
     fig.suptitle(f"Final loss vs learning rate — sweep {findings.sweep_id} (lower is better)",
