@@ -167,7 +167,10 @@ def _gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()  # a zombie is gone
+    except FileNotFoundError:
+        return True
 
 
 def test_local_cancel_stops_the_whole_process_group(local_profile: ClusterProfile,

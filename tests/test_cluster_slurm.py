@@ -23,7 +23,7 @@ from cluster_jobs.slurm import SlurmJobs
 from cluster_jobs.states import JobState
 from cluster_jobs.trigger import ClusterJobTrigger
 
-from training.spec import RunSpec
+from training.sweep import load_named_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -137,10 +137,9 @@ def test_training_spec_runs_as_a_slurm_job_and_lands_in_mlflow(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    spec = RunSpec(model="tiny-apertus", method="lora", rank=2, lr=1e-3, max_steps=2,
-                   per_device_batch=2, grad_accum=1, max_seq_length=128,
-                   data={"source": "synthetic", "synthetic_size": 16},
-                   output_dir=str(Path(slurm_profile.outputs_dir)), sweep_id="slurm-test")
+    # The tiny sweep's first run (kept in step with the training job), 2 steps.
+    spec = load_named_sweep("tiny").expand(
+        max_steps=2, sweep_id="slurm-test", output_dir=slurm_profile.outputs_dir)[0]
     request = JobRequest(
         name="train", key="train", files={"spec.yaml": spec.to_yaml()},
         argv=(slurm_profile.python_executable(), "-m", "training", "--spec",
@@ -155,3 +154,12 @@ def test_training_spec_runs_as_a_slurm_job_and_lands_in_mlflow(
     assert len(runs) == 1
     tags = runs[0].data.tags
     assert tags["outcome"] == "finished" and tags["job_id"] == trigger.job_id
+
+
+def test_rejected_submission_fails_at_once(slurm_profile: ClusterProfile) -> None:
+    """sbatch refusing the job is deterministic: no retry, the message says why."""
+    profile = slurm_profile.model_copy(update={"partition": "no-such-partition"})
+    operator = ClusterJobOperator(task_id="t", job={"name": "x", "argv": ["true"]},
+                                  profile=profile.model_dump())
+    with pytest.raises(AirflowFailException, match="(?i)partition"):
+        operator.execute(context())

@@ -16,8 +16,8 @@ from training.sweep_conf import parse_conf, plan_runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "lora_regret_sweep"
-INJECTIONS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb", "x; touch /tmp/pwned", "../../etc"
-              "|id", "${IFS}id", "--help"]
+INJECTIONS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb", "x; touch /tmp/pwned", "|id",
+              "${IFS}id", "--help", "a b", "x'y", "&& id"]
 # Every string-valued conf field, and how a payload is placed in it.
 STRING_FIELDS: dict[str, Any] = {
     "sweep": lambda p: p, "models": lambda p: [p], "methods": lambda p: ["lora", p],
