@@ -43,9 +43,13 @@ def sample_input() -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def lora_run(module_mlflow_uri, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     spec = RunSpec(**FAST, method="lora", rank=8, lr=1e-2, output_dir=str(runs),
                    sweep_id="t-lora")
-    return spec, run_training(spec, job_id="4242")
+    yield spec, run_training(spec, job_id="4242")
+    patch.undo()
 
 
 def test_lora_run_trains_logs_and_registers(lora_run) -> None:
@@ -64,6 +68,7 @@ def test_lora_run_trains_logs_and_registers(lora_run) -> None:
     for key in ("train/learning_rate", "train/grad_norm", "train/tokens_per_second"):
         assert len(MlflowClient().get_metric_history(outcome.run_id, key)) >= 15, key
     assert 0 < metrics["model/trainable_fraction"] < 0.5
+    assert "system/cpu_utilization_percentage" in metrics
     arch = get_preset("tiny-apertus").architecture
     assert metrics["model/trainable_params"] == 8 * lora_per_rank(
         arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"],

@@ -27,12 +27,14 @@ from training.models import resolve_model_path
 from training.presets import CONFIGS_DIR
 from training.spec import RunSpec
 from training.tracking import (
+    RUN_ID_FILE,
     MetricBuffer,
     MlflowStepLogger,
     configure_tracking,
     final_loss,
     finish_run,
     start_or_resume_run,
+    system_metrics_monitor,
 )
 
 log = logging.getLogger("lora_regret.training")
@@ -142,7 +144,9 @@ def run_training(spec: RunSpec, job_id: str | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
     configure_tracking()
+    resumed = (run_dir / RUN_ID_FILE).is_file()
     run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
+    monitor = system_metrics_monitor(run_id, resumed) if run_id else None
     try:
         model_path = resolve_model_path(spec.model, spec.model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -209,6 +213,9 @@ def run_training(spec: RunSpec, job_id: str | None = None,
         if main and run_id:
             finish_run(run_id, "failed", {})
         raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def _register_lora(spec: RunSpec, run_id: str, trainer, tokenizer, model_path: str):

@@ -193,6 +193,21 @@ class MlflowStepLogger(TrainerCallback):
             self.buffer.flush()
 
 
+def system_metrics_monitor(run_id: str, resume: bool):
+    """MLflow's CPU/GPU/memory sampler for the run, unless switched off by the standard
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false (the interval follows
+    MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, default 10 s)."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() == "false":
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    interval = float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10"))
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
+                                   tracking_uri=mlflow.get_tracking_uri())
+    monitor.start()
+    return monitor
+
+
 def final_loss(losses: list[float], window: int) -> float | None:
     """Mean of the last ``window`` logged losses: the figure of merit of a run."""
     tail = [x for x in losses[-window:] if math.isfinite(x)]
