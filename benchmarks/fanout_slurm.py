@@ -170,6 +170,8 @@ def main() -> int:
             "seconds_until_all_sensed_done": round(t_done, 1),
             "waiting_window_s": round((t_first_done or t_done) - t_submitted, 1),
             "worker_slots_held_while_waiting_max": max((s[2] for s in waiting), default=None),
+            "waiting_samples": len(waiting),
+            "waiting_samples_with_a_slot_held": sum(1 for s in waiting if s[2]),
             "worker_slot_seconds_all_train_tasks": round(slot_seconds, 1),
             "job_seconds_all_train_tasks": 52 * args.sleep,
             "deferred_max": max(s[3] for s in samples),

@@ -219,3 +219,18 @@ def test_invalid_job_request_fails_without_submitting(local_profile: ClusterProf
     with pytest.raises(AirflowFailException, match="name"):
         operator.execute(fake_context())
     assert not (tmp_path / "jobs").exists()
+
+
+def test_cleared_task_runs_a_failed_job_again(local_profile: ClusterProfile,
+                                               tmp_path: Path) -> None:
+    """Re-attaching is for jobs that run or succeeded; a failed one is run again."""
+    script = "if [ -f ../tried ]; then echo second; else touch ../tried; exit 3; fi"
+    request = JobRequest(name="flaky", argv=("bash", "-c", script))
+    operator = ClusterJobOperator(task_id="t", job=request, profile=local_profile.model_dump())
+    results = []
+    for _ in range(2):
+        with pytest.raises(TaskDeferred) as deferred:
+            operator.execute(fake_context())
+        results.append(sense(deferred.value.trigger)["status"]["state"])
+    assert results == ["FAILED", "COMPLETED"]
+    assert len([p for p in (tmp_path / "jobs").iterdir() if p.is_dir()]) == 2

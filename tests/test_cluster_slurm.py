@@ -163,3 +163,17 @@ def test_rejected_submission_fails_at_once(slurm_profile: ClusterProfile) -> Non
                                   profile=profile.model_dump())
     with pytest.raises(AirflowFailException, match="(?i)partition"):
         operator.execute(context())
+
+
+def test_cleared_task_runs_a_failed_slurm_job_again(slurm_profile: ClusterProfile) -> None:
+    profile = slurm_profile.model_copy(update={"chdir": None})
+    script = "if [ -f ../tried ]; then echo second; else touch ../tried; exit 3; fi"
+    operator = ClusterJobOperator(task_id="t", profile=profile.model_dump(),
+                                  job={"name": "flaky", "argv": ["bash", "-c", script]})
+    states = []
+    for _ in range(2):
+        with pytest.raises(TaskDeferred) as deferred:
+            operator.execute(context(map_index=1))
+        states.append(sense(deferred.value.trigger)["status"]["state"])
+    assert states == ["FAILED", "COMPLETED"]
+    assert len([p for p in Path(profile.work_dir).iterdir() if p.is_dir()]) == 2

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -75,6 +76,15 @@ class LocalJobs:
         (job_dir / PID_FILE).write_text(str(proc.pid))
         (job_dir / JOB_ID_FILE).write_text(job_id)
         return job_id, False
+
+    def existing(self, key: str) -> str | None:
+        job_id_file = self.job_dir(key) / JOB_ID_FILE
+        return job_id_file.read_text().strip() if job_id_file.is_file() else None
+
+    def archive(self, key: str) -> None:
+        job_dir = self.job_dir(key)
+        if job_dir.is_dir():
+            job_dir.rename(job_dir.with_name(f"{key}.ended-{time.time_ns()}"))
 
     def _runner_alive(self, job_dir: Path) -> bool:
         """The runner holds an exclusive lock on LOCK_FILE for as long as it lives (taken

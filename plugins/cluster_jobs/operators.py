@@ -46,7 +46,9 @@ class ClusterJobOperator(BaseOperator):
     Returns ``{"job_id", "state", "exit_code", "key"}``.
     """
 
-    template_fields: Sequence[str] = ("job", "profile")
+    # Not "job": its argv and file contents may hold text from untrusted input, which must
+    # reach the job verbatim, never pass through Jinja.
+    template_fields: Sequence[str] = ("profile",)
 
     def __init__(
         self,
@@ -59,7 +61,7 @@ class ClusterJobOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.accept_exit_codes = tuple(accept_exit_codes)
-        self.job = job.model_dump() if isinstance(job, JobRequest) else job
+        self.job = job.model_dump(mode="json") if isinstance(job, JobRequest) else job
         self.profile = profile
         self.poll_interval = poll_interval
         self._submitted: tuple[ClusterProfile, str] | None = None
@@ -82,10 +84,24 @@ class ClusterJobOperator(BaseOperator):
             request = request.model_copy(update={"key": key})
         return profile, request
 
+    def _succeeded(self, status: JobStatus) -> bool:
+        return status.state is JobState.COMPLETED or (
+            status.state is JobState.FAILED and status.exit_code is not None
+            and status.exit_code in self.accept_exit_codes)
+
     def execute(self, context: Any) -> Any:
         profile, request = self._resolve(context)
         backend = get_backend(profile)
         try:
+            # A retry (or a cleared task) finds the job of an earlier try: re-attach while
+            # it runs or if it succeeded; if it ended badly, keep its folder aside and run
+            # the job again (a training job resumes from its checkpoint).
+            previous = backend.existing(request.key)
+            if previous is not None:
+                status = backend.status(previous, request.key)
+                if status.state.finished and not self._succeeded(status):
+                    self.log.info("earlier %s; submitting again", status.describe())
+                    backend.archive(request.key)
             job_id, reattached = backend.submit(request, os.environ)
         except TransientError as error:
             raise AirflowException(str(error)) from error  # retryable
@@ -106,9 +122,7 @@ class ClusterJobOperator(BaseOperator):
             # Lost the connection while sensing: retryable; the retry re-attaches.
             raise AirflowException(f"job {event['job_id']}: {event['error']}")
         status = JobStatus.model_validate(event["status"])
-        accepted = (status.state is JobState.FAILED and status.exit_code is not None
-                    and status.exit_code in self.accept_exit_codes)
-        if status.state is JobState.COMPLETED or accepted:
+        if self._succeeded(status):
             self.log.info("%s", status.describe())
             return {"job_id": status.job_id, "state": status.state.value,
                     "exit_code": status.exit_code, "key": event["key"]}

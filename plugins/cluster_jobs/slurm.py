@@ -186,6 +186,19 @@ class SlurmJobs:
             raise SlurmError(f"sbatch failed (exit {code}): {(err or out).strip()[-2000:]}")
         return parse_submit(out)
 
+    def existing(self, key: str) -> str | None:
+        job_dir = shlex.quote(remote_job_dir(self.profile, key))
+        code, out, err = self._run(f"cat {job_dir}/{JOB_ID_FILE} 2>/dev/null || true")
+        if code != 0:
+            raise TransientError(f"reading the job folder failed: {err.strip()[-300:]}")
+        return check_job_id(out.strip()) if out.strip() else None
+
+    def archive(self, key: str) -> None:
+        job_dir = shlex.quote(remote_job_dir(self.profile, key))
+        code, _, err = self._run(f'mv {job_dir} {job_dir}.ended-"$(date +%s%N)"')
+        if code != 0:
+            raise SlurmError(f"could not move the old job folder aside: {err.strip()[-300:]}")
+
     def status(self, job_id: str, key: str) -> JobStatus:
         code, out, err = self._run(status_command(job_id, remote_job_dir(self.profile, key)))
         if code != 0:
