@@ -16,7 +16,7 @@ from peft import PeftModel
 from test_parameter_counts import lora_per_rank
 from transformers import AutoModelForCausalLM
 
-from training.job import run_training
+from training.job import is_out_of_memory, run_training
 from training.models import resolve_model_path
 from training.presets import get_preset
 from training.registry import fetch_adapter, fetch_checkpoint
@@ -174,3 +174,75 @@ def test_cli_help_documents_the_flags() -> None:
     for flag in ("--spec", "--model", "--method", "--lr", "--rank", "--seed", "--max-steps",
                  "--data", "--output-dir", "Exit codes"):
         assert flag in result.stdout
+
+
+OOM_SCRIPT = """
+import resource, sys
+from training.job import is_out_of_memory, run_training
+from training.models import resolve_model_path
+from training.spec import RunSpec
+spec = RunSpec.from_file(sys.argv[1])
+resolve_model_path(spec.model)
+with open("/proc/self/status") as status:
+    size = next(int(line.split()[1]) for line in status if line.startswith("VmSize")) * 1024
+# Everything is imported; the address space may now grow by 600 MiB, not by the GBs
+# that a batch of 64 x 2048 tokens needs.
+resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, size + 600 * 2**20))
+print("OUTCOME", run_training(spec, register=False).outcome)
+"""
+
+
+def test_out_of_memory_is_recorded_as_oom(mlflow_uri, tmp_path) -> None:
+    spec = RunSpec(**{**FAST, "max_steps": 3, "per_device_batch": 64, "max_seq_length": 2048,
+                      "data": {"source": "synthetic", "synthetic_size": 64}},
+                   method="full", lr=1e-3, output_dir=str(tmp_path / "runs"))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec.to_yaml())
+    result = subprocess.run([sys.executable, "-c", OOM_SCRIPT, str(spec_file)],
+                            capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri})
+    assert "OUTCOME oom" in result.stdout, result.stderr[-3000:]
+    run_id = (spec.run_dir / "mlflow_run_id").read_text()
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["outcome"] == "oom" and run.info.status == "FAILED"
+    assert "allocate" in run.data.tags["failure_reason"]
+    assert run.data.params["per_device_batch"] == "64"  # the configuration that did not fit
+    assert run.data.metrics["memory/peak_host_mb"] > 0
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("CUDA out of memory. Tried to allocate 1.50 GiB (GPU 0; 79.11 GiB total)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 4734976 bytes."),
+    MemoryError(),
+])
+def test_recorded_out_of_memory_messages_are_recognised(error) -> None:
+    assert is_out_of_memory(error)
+
+
+def test_other_errors_are_not_out_of_memory() -> None:
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float but found BFloat16"))
+    assert not is_out_of_memory(ValueError("out of memory budget"))
+
+
+def test_two_process_ddp_run_through_torchrun(mlflow_uri, tmp_path) -> None:
+    """The launcher path of the job script (torchrun), with 2 CPU processes on gloo."""
+    spec = RunSpec(**{**FAST, "max_steps": 4, "per_device_batch": 2}, method="lora", rank=4,
+                   lr=1e-3, output_dir=str(tmp_path / "runs"))
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec.to_yaml())
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training",
+         "--spec", str(spec_file), "--no-register"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("lora-regret").experiment_id])
+    assert len(runs) == 1, "only the main process may create the MLflow run"
+    metrics = runs[0].data.metrics
+    assert metrics["train/world_size"] == 2
+    assert metrics["train/tokens_per_second"] > 0 and metrics["train/samples_per_second"] > 0
+    assert runs[0].data.tags["outcome"] == "finished"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from training.spec import RunSpec, SpecError, describe_errors, parse_spec
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_DIVERGED = 0, 1, 2, 3
+EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_DIVERGED, EXIT_OOM = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Exit codes: 0 finished, 1 failed, 2 invalid spec (nothing trained), "
-            "3 diverged (NaN/inf loss, recorded in MLflow). "
+            "3 diverged (NaN/inf loss, recorded in MLflow), 4 out of memory (recorded as oom). "
             "Example: python -m training --model smollm2-135m --method lora --rank 16 "
             "--lr 1e-4 --max-steps 20 --data ../shared/data/sjp_sample/cases.jsonl"
         ),
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[training] {outcome.outcome}: final loss {outcome.final_loss} after "
           f"{outcome.steps} steps; MLflow run {outcome.run_id}; model {outcome.model_uri}",
           file=sys.stderr)
-    return EXIT_DIVERGED if outcome.outcome == "diverged" else EXIT_FINISHED
+    return {"diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.outcome, EXIT_FINISHED)
 
 
 if __name__ == "__main__":

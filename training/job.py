@@ -38,7 +38,7 @@ from training.tracking import (
 )
 
 log = logging.getLogger("lora_regret.training")
-Outcome = Literal["finished", "diverged", "failed"]
+Outcome = Literal["finished", "diverged", "oom", "failed"]
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,23 @@ def peak_memory_mb() -> dict[str, float]:
     return memory
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA/accelerator OOM (torch.OutOfMemoryError or its message) or host MemoryError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message)
+
+
 def run_training(spec: RunSpec, job_id: str | None = None,
                  register: bool = True) -> TrainOutcome:
-    """Train one spec to the end (or to divergence); record everything in MLflow."""
-    from trl import SFTTrainer
+    """Train one spec to the end (or to divergence); record everything in MLflow.
 
+    Outcomes: ``finished``; ``diverged`` (non-finite loss, training stopped early);
+    ``oom`` (out of memory, recorded with the run's configuration); other errors mark
+    the run ``failed`` and propagate.
+    """
     started = time.monotonic()
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,74 +160,89 @@ def run_training(spec: RunSpec, job_id: str | None = None,
     run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
     monitor = system_metrics_monitor(run_id, resumed) if run_id else None
     try:
-        model_path = resolve_model_path(spec.model, spec.model_path)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        cases = load_cases(spec.data, seed=spec.seed)
-        dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-
-        logger = MlflowStepLogger(MetricBuffer(run_id) if run_id else None)
-        trainer = SFTTrainer(
-            model=model,
-            args=build_sft_config(spec, run_dir),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=build_peft_config(spec),
-            callbacks=[logger],
-        )
-        trainable, total = count_parameters(trainer.model)
-        if spec.method == "lora":
-            total -= trainable  # the fraction is measured against the base model's size
-        checkpoint = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-        if checkpoint:
-            log.warning("resuming from %s", checkpoint)
-        load_time = time.monotonic() - started
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-
-        diverged = logger.diverged_at is not None
-        outcome: Outcome = "diverged" if diverged else "finished"
-        loss = final_loss(logger.losses, spec.final_loss_window)
-        model_uri = version = None
-        if not diverged:
-            final_dir = run_dir / "final"
-            trainer.save_model(str(final_dir))
+        return _train(spec, run_dir, run_id, started, register)
+    except BaseException as error:
         if main and run_id:
-            summary = {
-                "train/final_loss": loss,
-                "train/runtime_s": time.monotonic() - started,
-                "train/time_to_first_step_s": load_time + (logger.first_step_at or 0.0),
-                "train/world_size": float(trainer.args.world_size),
-                "train/global_steps": float(result.global_step),
-                "model/trainable_params": float(trainable),
-                "model/total_params": float(total),
-                "model/trainable_fraction": trainable / total if total else None,
-                **peak_memory_mb(),
-            }
-            tags: dict[str, str] = {}
-            if diverged:
-                tags["diverged_at_step"] = str(logger.diverged_at)
-            elif register and spec.method == "lora":
-                tokenizer.save_pretrained(str(run_dir / "final"))
-                model_uri, version = _register_lora(spec, run_id, trainer, tokenizer, model_path)
-            elif register:
-                tokenizer.save_pretrained(str(run_dir / "final"))
-                from training.registry import register_checkpoint
-
-                tags["checkpoint_path"] = str((run_dir / "final").resolve())
-                model_uri, version = register_checkpoint(spec, run_id, run_dir / "final")
-            if model_uri:
-                tags["registered_model_uri"] = model_uri
-            finish_run(run_id, outcome, summary, tags)
-        return TrainOutcome(outcome, run_id, loss, model_uri, version, result.global_step)
-    except BaseException:
-        if main and run_id:
-            finish_run(run_id, "failed", {})
+            oom = is_out_of_memory(error)
+            finish_run(run_id, "oom" if oom else "failed", peak_memory_mb(),
+                       {"failure_reason": f"{type(error).__name__}: {error}"[:4000]})
+            if oom:
+                log.error("out of memory: %s", error)
+                return TrainOutcome("oom", run_id, None)
         raise
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
+           register: bool) -> TrainOutcome:
+    from trl import SFTTrainer
+
+    model_path = resolve_model_path(spec.model, spec.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cases = load_cases(spec.data, seed=spec.seed)
+    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+
+    args = build_sft_config(spec, run_dir)
+    samples_per_step = spec.per_device_batch * spec.grad_accum * args.world_size
+    logger = MlflowStepLogger(MetricBuffer(run_id) if run_id else None, samples_per_step)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=build_peft_config(spec),
+                         callbacks=[logger])
+    trainable, total = count_parameters(trainer.model)
+    if spec.method == "lora":
+        total -= trainable  # the fraction is measured against the base model's size
+    checkpoint = get_last_checkpoint(str(run_dir))
+    if checkpoint:
+        log.warning("resuming from %s", checkpoint)
+    load_time = time.monotonic() - started
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    diverged = logger.diverged_at is not None
+    loss = final_loss(logger.losses, spec.final_loss_window)
+    final_dir = run_dir / "final"
+    if not diverged:
+        trainer.save_model(str(final_dir))  # the adapter, or the full weights, + tokenizer
+    if run_id is None:  # not the main process: MLflow is the main process's job
+        return TrainOutcome("diverged" if diverged else "finished", None, loss,
+                            steps=result.global_step)
+
+    runtime = time.monotonic() - started
+    devices = args.world_size if torch.cuda.is_available() else 0
+    summary = {
+        "train/final_loss": loss,
+        "train/runtime_s": runtime,
+        "train/time_to_first_step_s": load_time + (logger.first_step_at or 0.0),
+        "train/world_size": float(args.world_size),
+        "train/global_steps": float(result.global_step),
+        "train/samples_per_second_mean": result.metrics.get("train_samples_per_second"),
+        "model/trainable_params": float(trainable),
+        "model/total_params": float(total),
+        "model/trainable_fraction": trainable / total if total else None,
+        "cost/gpu_hours": runtime * devices / 3600,
+        **peak_memory_mb(),
+    }
+    tags: dict[str, str] = {}
+    model_uri = version = None
+    if diverged:
+        tags["diverged_at_step"] = str(logger.diverged_at)
+    elif spec.method == "full":
+        tags["checkpoint_path"] = str(final_dir.resolve())
+        if register:
+            from training.registry import register_checkpoint
+
+            model_uri, version = register_checkpoint(spec, run_id, final_dir)
+    elif register:
+        model_uri, version = _register_lora(spec, run_id, trainer, tokenizer, model_path)
+    if model_uri:
+        tags["registered_model_uri"] = model_uri
+    outcome: Outcome = "diverged" if diverged else "finished"
+    finish_run(run_id, outcome, summary, tags)
+    return TrainOutcome(outcome, run_id, loss, model_uri, version, result.global_step)
 
 
 def _register_lora(spec: RunSpec, run_id: str, trainer, tokenizer, model_path: str):

@@ -144,8 +144,9 @@ class MlflowStepLogger(TrainerCallback):
     Only the main process logs; every process sees the same loss, so all stop together.
     """
 
-    def __init__(self, buffer: MetricBuffer | None) -> None:
+    def __init__(self, buffer: MetricBuffer | None, samples_per_step: int = 0) -> None:
         self.buffer = buffer
+        self.samples_per_step = samples_per_step
         self.losses: list[float] = []
         self.diverged_at: int | None = None
         self.first_step_at: float | None = None
@@ -185,7 +186,11 @@ class MlflowStepLogger(TrainerCallback):
             elapsed = now - last_time
             if elapsed > 0 and last_tokens <= tokens:
                 self.buffer.add("train/tokens_per_second", (tokens - last_tokens) / elapsed, step)
-                self.buffer.add("train/step_time_s", elapsed / (step - last_step), step)
+                step_time = elapsed / (step - last_step)
+                self.buffer.add("train/step_time_s", step_time, step)
+                if self.samples_per_step:
+                    self.buffer.add("train/samples_per_second",
+                                    self.samples_per_step / step_time, step)
             self._last = (now, tokens, step)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -223,5 +228,5 @@ def finish_run(run_id: str, outcome: str, metrics: dict[str, float],
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
         tags=[RunTag(k, v) for k, v in {**(tags or {}), "outcome": outcome}.items()],
     )
-    status = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}[outcome]
+    status = "FINISHED" if outcome == "finished" else "FAILED"
     client.set_terminated(run_id, status=status)
