@@ -181,3 +181,23 @@ def test_tiny_grid_end_to_end_then_nothing_new(airflow_db: Path, sweep_env: Path
         extras = [e.extra for e in events if e.source_run_id in {first.run_id, second.run_id}]
     assert {"sweep_id": parse_conf(conf).derived_sweep_id()} in extras
     shutil.rmtree(sweep_env / "runs", ignore_errors=True)
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_one_run_is_trained_then_evaluated_on_lexam(airflow_db: Path, sweep_env: Path,
+                                                    mlflow_uri: str) -> None:
+    """train -> evaluate (python -m evaluation sweep, as a job) -> lexam/* in the run."""
+    from mlflow.tracking import MlflowClient
+
+    conf = {"sweep": "tiny", "learning_rates": [1e-3], "ranks": [2], "max_steps": 2,
+            "eval_data": "synthetic", "eval_max_questions": 2}
+    run = load_dag().test(run_conf=conf)
+    assert run.state == "success", states(run)
+    assert states(run)["evaluate"] == ["success"]
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("lora-regret")
+    trained = [r for r in client.search_runs([experiment.experiment_id])
+               if r.data.tags.get("method") == "lora"]
+    assert len(trained) == 1
+    assert trained[0].data.metrics["lexam/n_questions"] == 2
