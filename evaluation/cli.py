@@ -21,7 +21,7 @@ DEFAULT_OUTPUT_DIR = Path("runs") / "lexam"
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=f"hub:{HUB_REPO}",
                         help="local JSONL file or folder in the LEXam schema, 'synthetic', or "
-                             "hub:REPO (configs mcq_N_choices); default hub:%(default)s")
+                             "hub:REPO (configs mcq_N_choices); default %(default)s")
     parser.add_argument("--choices", type=int, default=4, choices=(4, 8, 16, 32),
                         help="number of answer choices (LEXam config); default 4")
     parser.add_argument("--max-questions", type=int, default=None,
