@@ -125,8 +125,8 @@ def test_unknown_connection_fails_without_retry_storm(slurm_profile: ClusterProf
 @pytest.mark.slow
 def test_time_limit_ends_in_timeout(slurm_profile: ClusterProfile) -> None:
     """SLURM limits are whole minutes, checked about every 30 s: this takes 60-90 s."""
-    profile = slurm_profile.model_copy(update={"resources": {"time_limit": "1"}})
-    profile = ClusterProfile.model_validate(profile.model_dump())
+    profile = ClusterProfile.model_validate(
+        {**slurm_profile.model_dump(), "resources": {"time_limit": "1"}})
     event = sense(submit(profile, JobRequest(name="slow", key="slow", argv=("sleep", "600"))))
     assert event["status"]["state"] == "TIMEOUT"
 

@@ -103,7 +103,8 @@ class ClusterProfile(BaseModel):
         "relative to the repository (local) or the login directory (slurm).",
     )
     outputs_dir: Token = Field(
-        default=".state/runs", description="Where jobs write checkpoints (same rules)."
+        default=".state/runs",
+        description="Where jobs write checkpoints: absolute, or relative to chdir.",
     )
     chdir: Token | None = Field(
         default=None,
