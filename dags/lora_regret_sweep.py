@@ -22,6 +22,7 @@ from training.presets import CONFIGS_DIR, load_presets
 
 SWEEP_RESULTS = Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep-results")
 EXIT_DIVERGED = 3  # a diverged run is a result (recorded in MLflow), not a task failure
+EXIT_OOM = 4  # the training job caught an out-of-memory error (recorded as `oom`)
 SPEC_FILE = "spec.yaml"
 
 
@@ -142,6 +143,7 @@ def lora_regret_sweep() -> None:
         retries=2,  # transient errors only: deterministic failures fail at once
         retry_delay=timedelta(seconds=30),
         accept_exit_codes=(EXIT_DIVERGED,),
+        exit_code_states={EXIT_OOM: "OUT_OF_MEMORY"},
         map_index_template="{{ task.job.name }}",
     ).expand_kwargs(train_jobs(the_plan))
     eval_jobs = evaluation_jobs(the_plan)

@@ -152,6 +152,11 @@ def test_local_failure_reports_state_exit_code_and_log_tail(local_profile: Clust
     accepting = ClusterJobOperator(task_id="t2", job=request, accept_exit_codes=(3,),
                                    profile=local_profile.model_dump())
     assert accepting.execute_complete(fake_context(), event)["exit_code"] == 3
+    # A job that names its failure by exit code (4: it caught an out-of-memory error).
+    naming = ClusterJobOperator(task_id="t3", job=request, exit_code_states={3: "OUT_OF_MEMORY"},
+                                profile=local_profile.model_dump())
+    with pytest.raises(AirflowFailException, match="OUT_OF_MEMORY, exit code 3"):
+        naming.execute_complete(fake_context(), event)
 
 
 def _wait_for_file(path: Path, timeout: float = 30) -> str:

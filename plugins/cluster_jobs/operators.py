@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -43,6 +43,8 @@ class ClusterJobOperator(BaseOperator):
 
     ``accept_exit_codes``: exit codes besides 0 that end the task successfully (a job
     may report a legitimate non-zero outcome, e.g. a recorded divergence).
+    ``exit_code_states``: exit codes a job uses to say what went wrong (e.g. 4 ->
+    OUT_OF_MEMORY when the job caught it itself); the failure is reported as that state.
     Returns ``{"job_id", "state", "exit_code", "key"}``.
     """
 
@@ -57,9 +59,11 @@ class ClusterJobOperator(BaseOperator):
         profile: str | dict[str, Any],
         poll_interval: float | None = None,
         accept_exit_codes: Sequence[int] = (),
+        exit_code_states: Mapping[int, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.exit_code_states = {int(k): JobState(v) for k, v in (exit_code_states or {}).items()}
         self.accept_exit_codes = tuple(accept_exit_codes)
         self.job = job.model_dump(mode="json") if isinstance(job, JobRequest) else job
         self.profile = profile
@@ -126,6 +130,8 @@ class ClusterJobOperator(BaseOperator):
             self.log.info("%s", status.describe())
             return {"job_id": status.job_id, "state": status.state.value,
                     "exit_code": status.exit_code, "key": event["key"]}
+        if status.state is JobState.FAILED and status.exit_code in self.exit_code_states:
+            status = status.model_copy(update={"state": self.exit_code_states[status.exit_code]})
         tail = (event.get("log_tail") or "").rstrip()
         message = status.describe()
         if tail:
