@@ -60,6 +60,9 @@ PARAMS = {
     "evaluate": Param(True, type="boolean", title="Evaluate on LEXam"),
     "eval_max_questions": Param(None, type=["null", "integer"], title="LEXam questions",
                                 description="Evaluate on at most N questions (default all)."),
+    "eval_max_new_tokens": Param(None, type=["null", "integer"], title="LEXam answer budget",
+                                 description="Tokens generated per answer (default: the "
+                                             "official long budget; small on CPU)."),
     "eval_data": Param(None, type=["null", "string"], title="LEXam data",
                        description="Local LEXam JSONL, 'synthetic' or hub:REPO."),
 }
@@ -115,6 +118,8 @@ def lora_regret_sweep() -> None:
                     "--model", model]
             if conf.eval_max_questions:
                 argv += ["--max-questions", str(conf.eval_max_questions)]
+            if conf.eval_max_new_tokens:
+                argv += ["--max-new-tokens", str(conf.eval_max_new_tokens)]
             if conf.eval_data:
                 argv += ["--data", conf.eval_data]
             if conf.experiment:

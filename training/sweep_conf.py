@@ -45,6 +45,9 @@ class SweepConf(BaseModel):
     force: bool = False
     evaluate: bool = True
     eval_max_questions: int | None = Field(default=None, gt=0, le=1_000_000)
+    eval_max_new_tokens: int | None = Field(
+        default=None, gt=0, le=32768,
+        description="Generation budget per LEXam answer (default: the official budget).")
     eval_data: SafePath | None = Field(
         default=None, description="LEXam source for evaluation (default: the evaluator's).")
 
@@ -55,7 +58,7 @@ class SweepConf(BaseModel):
         return None if value in ([], (), "", None) else value
 
     @field_validator("max_steps", "epochs", "data_source", "experiment", "sweep_id",
-                     "eval_max_questions", "eval_data", mode="before")
+                     "eval_max_questions", "eval_max_new_tokens", "eval_data", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
