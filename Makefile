@@ -18,3 +18,9 @@ lint:
 
 prepare-models: env  ## build tiny-apertus and convert smollm2-135m into .cache/models
 	.venv/bin/python -m training.models prepare tiny-apertus smollm2-135m
+
+demo:           ## the sweep on this machine: MLflow + Airflow standalone + local jobs (see README)
+	bash scripts/demo.sh
+
+down:           ## stop what `make demo` started
+	bash scripts/demo-down.sh
