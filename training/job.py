@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from training.data import load_cases
 from training.formatting import SftFormatter
+from training.layout import layout_tags
 from training.models import resolve_model_path
 from training.presets import CONFIGS_DIR
 from training.spec import RunSpec
@@ -165,7 +166,8 @@ def run_training(spec: RunSpec, job_id: str | None = None,
         if main and run_id:
             oom = is_out_of_memory(error)
             finish_run(run_id, "oom" if oom else "failed", peak_memory_mb(),
-                       {"failure_reason": f"{type(error).__name__}: {error}"[:4000]})
+                       {"failure_reason": f"{type(error).__name__}: {error}"[:4000],
+                        **layout_tags(spec, accelerator=torch.cuda.is_available())})
             if oom:
                 log.error("out of memory: %s", error)
                 return TrainOutcome("oom", run_id, None)
@@ -226,7 +228,7 @@ def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
         "cost/gpu_hours": runtime * devices / 3600,
         **peak_memory_mb(),
     }
-    tags: dict[str, str] = {}
+    tags = layout_tags(spec, accelerator=torch.cuda.is_available())
     model_uri = version = None
     if diverged:
         tags["diverged_at_step"] = str(logger.diverged_at)

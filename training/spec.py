@@ -112,6 +112,13 @@ class RunSpec(BaseModel):
     )
     bf16: Literal["auto", "on", "off"] = "auto"
     gradient_checkpointing: bool = False
+    # Infrastructure (engineering sweeps): part of the identity when set, because two runs
+    # differing only in nodes are different measurements; None leaves the choice to the
+    # cluster profile and keeps the hash of runs that never named them unchanged.
+    nodes: int | None = Field(default=None, ge=1, le=4096, description="Nodes of the job.")
+    gpus_per_node: int | None = Field(
+        default=None, ge=0, le=64,
+        description="Accelerators per node, one training process each (0: one CPU process).")
     # Bookkeeping: not part of the identity hash.
     output_dir: SafePath = "runs"
     sweep_id: SafeName = "adhoc"
@@ -125,6 +132,8 @@ class RunSpec(BaseModel):
         {"model_path", "output_dir", "sweep_id", "experiment", "save_steps",
          "logging_steps", "final_loss_window"}
     )
+    # Identity fields added later: left out of the hash while unset (stable old hashes).
+    OPTIONAL_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset({"nodes", "gpus_per_node"})
 
     @field_validator("model")
     @classmethod
@@ -161,6 +170,9 @@ class RunSpec(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that define what is trained, in canonical JSON-able form."""
         data = self.model_dump(mode="json", exclude=set(self.NON_IDENTITY_FIELDS))
+        for name in self.OPTIONAL_IDENTITY_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
     @property
@@ -171,7 +183,29 @@ class RunSpec(BaseModel):
     @property
     def run_name(self) -> str:
         rank = f"-r{self.rank}" if self.rank else ""
-        return f"{self.model}-{self.method}{rank}-lr{self.lr:g}-s{self.seed}"
+        return f"{self.model}-{self.method}{rank}-lr{self.lr:g}-s{self.seed}{self.layout_suffix}"
+
+    @property
+    def layout_suffix(self) -> str:
+        """``-n2x4-z3`` for runs that name their infrastructure, else empty."""
+        if self.nodes is None and self.gpus_per_node is None:
+            return ""
+        gpus = "" if self.gpus_per_node is None else f"x{self.gpus_per_node}"
+        zero = "" if self.zero_stage is None else f"-z{self.zero_stage}"
+        return f"-n{self.nodes or 1}{gpus}{zero}"
+
+    @property
+    def world_size(self) -> int | None:
+        """Training processes the spec asks for (None: the cluster profile decides)."""
+        if self.nodes is None and self.gpus_per_node is None:
+            return None
+        return (self.nodes or 1) * max(self.gpus_per_node or 1, 1)
+
+    @property
+    def global_batch(self) -> int | None:
+        """Samples per optimizer step, when the world size is known."""
+        world = self.world_size
+        return None if world is None else self.per_device_batch * self.grad_accum * world
 
     @property
     def run_dir(self) -> Path:
@@ -193,6 +227,8 @@ class RunSpec(BaseModel):
             "rank": str(self.rank) if self.rank is not None else "",
             "seed": str(self.seed),
             "zero_stage": "" if self.zero_stage is None else str(self.zero_stage),
+            "nodes": "" if self.nodes is None else str(self.nodes),
+            "gpus_per_node": "" if self.gpus_per_node is None else str(self.gpus_per_node),
         }
 
     # -- files ---------------------------------------------------------------------------

@@ -20,9 +20,13 @@ from training.spec import MAX_RANK, RunSpec, SafeName, SafePath, SpecError, desc
 from training.sweep import GridBlock, SweepSpec, load_named_sweep
 
 AXES = ("models", "methods", "learning_rates", "ranks", "seeds")
+INFRA_AXES = ("nodes", "gpus_per_node", "zero_stages", "per_device_batches")
 LearningRate = Annotated[float, Field(gt=0, le=1.0)]
 Rank = Annotated[int, Field(gt=0, le=MAX_RANK)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+NodeCount = Annotated[int, Field(ge=1, le=4096)]
+GpuCount = Annotated[int, Field(ge=0, le=64)]
+Batch = Annotated[int, Field(gt=0, le=4096)]
 
 
 class SweepConf(BaseModel):
@@ -36,6 +40,12 @@ class SweepConf(BaseModel):
     learning_rates: tuple[LearningRate, ...] | None = None
     ranks: tuple[Rank, ...] | None = None
     seeds: tuple[Seed, ...] | None = None
+    nodes: tuple[NodeCount, ...] | None = None
+    gpus_per_node: tuple[GpuCount, ...] | None = None
+    zero_stages: tuple[Literal[0, 2, 3], ...] | None = None
+    per_device_batches: tuple[Batch, ...] | None = None
+    global_batch: int | None = Field(default=None, gt=0, le=1_000_000)
+    batch_scaling: Literal["fixed_global", "per_device"] | None = None
     max_steps: int | None = Field(default=None, gt=0, le=10_000_000)
     epochs: float | None = Field(default=None, gt=0, le=100)
     data_source: SafePath | None = None
@@ -51,14 +61,15 @@ class SweepConf(BaseModel):
     eval_data: SafePath | None = Field(
         default=None, description="LEXam source for evaluation (default: the evaluator's).")
 
-    @field_validator(*AXES, mode="before")
+    @field_validator(*AXES, *INFRA_AXES, mode="before")
     @classmethod
     def _empty_means_preset(cls, value: Any) -> Any:
         """The form sends [] or "" for an untouched list: keep the preset's axis."""
         return None if value in ([], (), "", None) else value
 
     @field_validator("max_steps", "epochs", "data_source", "experiment", "sweep_id",
-                     "eval_max_questions", "eval_max_new_tokens", "eval_data", mode="before")
+                     "eval_max_questions", "eval_max_new_tokens", "eval_data", "global_batch",
+                     "batch_scaling", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -82,7 +93,8 @@ class SweepConf(BaseModel):
 
     def overrides(self) -> dict[str, Any]:
         """The fields that change the preset's runs (for the derived sweep id)."""
-        keys = (*AXES, "max_steps", "epochs", "data_source", "experiment")
+        keys = (*AXES, *INFRA_AXES, "max_steps", "epochs", "data_source", "experiment",
+                "global_batch", "batch_scaling")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def derived_sweep_id(self) -> str:
@@ -99,7 +111,8 @@ class SweepConf(BaseModel):
     def sweep_spec(self) -> SweepSpec:
         """The preset with this conf's overrides applied (axes replaced in every block)."""
         base = load_named_sweep(self.sweep)
-        axis_overrides = {k: getattr(self, k) for k in AXES if getattr(self, k) is not None}
+        axis_overrides = {k: getattr(self, k) for k in (*AXES, *INFRA_AXES)
+                          if getattr(self, k) is not None}
         run = dict(base.run)
         if self.max_steps is not None:
             run["max_steps"] = self.max_steps
@@ -119,7 +132,10 @@ class SweepConf(BaseModel):
                 GridBlock.model_validate({**block.model_dump(), **axis_overrides})
                 for block in base.grids
             )
-            return SweepSpec(name=base.name, grids=grids, run=run)
+            batch = {k: getattr(self, k) for k in ("global_batch", "batch_scaling")
+                     if getattr(self, k) is not None}
+            return SweepSpec.model_validate({**base.model_dump(), "grids": grids, "run": run,
+                                             **batch})
         except ValidationError as error:
             raise SpecError(describe_errors(error)) from None
 
@@ -141,7 +157,8 @@ def plan_runs(
 
     ``run_overrides`` are settings the caller adds to every run (e.g. where checkpoints
     go on the chosen cluster); ``per_model`` adds settings by model preset (e.g. the
-    cluster's DeepSpeed stage for a model size).
+    cluster's DeepSpeed stage for a model size) to the runs that did not set them
+    themselves: an engineering sweep's ZeRO stage axis wins over the profile's default.
     """
     sweep = conf.sweep_spec()
     specs = sweep.expand(sweep_id=conf.derived_sweep_id(), **run_overrides)
@@ -149,7 +166,8 @@ def plan_runs(
         return specs
     out: dict[str, RunSpec] = {}
     for spec in specs:
-        settings = per_model.get(spec.model) or {}
+        settings = {k: v for k, v in (per_model.get(spec.model) or {}).items()
+                    if k not in spec.model_fields_set}
         if settings:
             try:
                 spec = RunSpec.model_validate({**spec.model_dump(), **settings})
