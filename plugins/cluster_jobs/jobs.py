@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from cluster_jobs.profiles import ClusterProfile, EnvName, Name, Resources
+from cluster_jobs.profiles import ClusterProfile, EnvName, Name, ResourceRequest, Resources
 
 JOB_ID_PLACEHOLDER = "{job_id}"
 """An argv element equal to this is replaced by the job's id when the job runs."""
@@ -60,6 +60,9 @@ class JobRequest(BaseModel):
     resources_key: Name | None = Field(
         default=None, description="Picks the profile's per-key resource override."
     )
+    resources: ResourceRequest | None = Field(
+        default=None, description="This job's own layout, over the profile and key override."
+    )
     key: Name | None = Field(
         default=None,
         description="Idempotency key: one job folder per key; submitting a key again "
@@ -85,7 +88,7 @@ def _command_line(argv: tuple[str, ...], profile: ClusterProfile, res: Resources
         return f"srun{env_opt} {command}"
     # torchrun: one launcher per node, one worker per GPU; `python -m mod` -> `-m mod`.
     rest = argv[1:] if len(argv) > 2 and argv[1] == "-m" else argv
-    workers = max(res.gpus_per_node, 1)
+    workers = res.workers
     inner = (
         'exec torchrun --nnodes="$SLURM_NNODES" --node-rank="$SLURM_NODEID" '
         f'--nproc-per-node={workers} --rdzv-backend=c10d '
@@ -97,8 +100,12 @@ def _command_line(argv: tuple[str, ...], profile: ClusterProfile, res: Resources
     )
 
 
+def job_resources(profile: ClusterProfile, request: JobRequest) -> Resources:
+    return profile.resources_for(request.resources_key, request.resources)
+
+
 def sbatch_directives(profile: ClusterProfile, request: JobRequest, job_dir: str) -> list[str]:
-    res = profile.resources_for(request.resources_key)
+    res = job_resources(profile, request)
     lines = [
         f"--job-name={request.name}",
         f"--chdir={job_dir}",
@@ -139,7 +146,7 @@ def render_script(
     """The job script: #SBATCH header (ignored by the local backend), environment, setup,
     the command, and its exit code written beside the log (read back if the scheduler
     has already forgotten the job)."""
-    res = profile.resources_for(request.resources_key)
+    res = job_resources(profile, request)
     env = {**pass_env, **profile.env, **request.env}
     body = [
         "#!/bin/bash",
@@ -152,7 +159,10 @@ def render_script(
     body += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
     if profile.launcher == "torchrun":
         body.append(
-            'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"'
+            # The first node, unless the profile's env names it (a node name that does
+            # not resolve, as on a one-machine test cluster).
+            'export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames '
+            '"$SLURM_JOB_NODELIST" | head -n1)}"'
         )
     body += [
         'echo "[cluster_jobs] job $CLUSTER_JOB_ID on $(hostname) at $(date -Is)"',

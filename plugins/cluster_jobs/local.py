@@ -60,7 +60,8 @@ class LocalJobs:
         env_in = {k: environ[k] for k in self.profile.pass_env if k in environ}
         script = render_script(self.profile, request, str(job_dir), env_in)
         (job_dir / SCRIPT_FILE).write_text(script)
-        limit = self.profile.resources_for(request.resources_key).time_limit_seconds
+        limit = self.profile.resources_for(request.resources_key,
+                                           request.resources).time_limit_seconds
         env = {**os.environ, "CLUSTER_JOB_ID": job_id}
         env.pop("SLURM_JOB_ID", None)
         lock = os.open(job_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)

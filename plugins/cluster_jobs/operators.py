@@ -45,8 +45,12 @@ class ClusterJobOperator(BaseOperator):
     may report a legitimate non-zero outcome, e.g. a recorded divergence).
     ``exit_code_states``: exit codes a job uses to say what went wrong (e.g. 4 ->
     OUT_OF_MEMORY when the job caught it itself); the failure is reported as that state.
-    Returns ``{"job_id", "state", "exit_code", "key"}``.
+    Returns ``{"job_id", "state", "exit_code", "key", "accounting"}``; the same, plus
+    ``log_tail``, is pushed as XCom ``job_result`` whether the job succeeded or not, so a
+    downstream task (trigger rule ``all_done``) can record what happened to a failed job.
     """
+
+    RESULT_XCOM_KEY = "job_result"
 
     # Not "job": its argv and file contents may hold text from untrusted input, which must
     # reach the job verbatim, never pass through Jinja.
@@ -126,13 +130,20 @@ class ClusterJobOperator(BaseOperator):
             # Lost the connection while sensing: retryable; the retry re-attaches.
             raise AirflowException(f"job {event['job_id']}: {event['error']}")
         status = JobStatus.model_validate(event["status"])
-        if self._succeeded(status):
-            self.log.info("%s", status.describe())
-            return {"job_id": status.job_id, "state": status.state.value,
-                    "exit_code": status.exit_code, "key": event["key"]}
-        if status.state is JobState.FAILED and status.exit_code in self.exit_code_states:
+        if not self._succeeded(status) and status.state is JobState.FAILED \
+                and status.exit_code in self.exit_code_states:
             status = status.model_copy(update={"state": self.exit_code_states[status.exit_code]})
         tail = (event.get("log_tail") or "").rstrip()
+        result = {"job_id": status.job_id, "state": status.state.value,
+                  "exit_code": status.exit_code, "key": event["key"],
+                  "accounting": event.get("accounting")}
+        push = getattr(context["ti"], "xcom_push", None)  # absent outside a task run
+        if push is not None:
+            push(key=self.RESULT_XCOM_KEY,
+                 value={**result, "reason": status.reason, "log_tail": tail})
+        if self._succeeded(status):
+            self.log.info("%s", status.describe())
+            return result
         message = status.describe()
         if tail:
             message += f"\nlast lines of the job log:\n{tail}"

@@ -58,11 +58,18 @@ class Resources(BaseModel):
     nodes: int = Field(default=1, ge=1, le=4096)
     tasks_per_node: int = Field(default=1, ge=1, le=1024)
     gpus_per_node: int = Field(default=0, ge=0, le=64)
+    workers_per_node: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Processes torchrun starts per node (default: gpus_per_node, at least 1).")
     cpus_per_task: int | None = Field(default=None, ge=1, le=1024)
     mem: Memory | None = None
     time_limit: TimeLimit = "01:00:00"
     # Settings the caller applies to the job itself (e.g. a DeepSpeed stage); opaque here.
     job_settings: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def workers(self) -> int:
+        return self.workers_per_node or max(self.gpus_per_node, 1)
 
     @property
     def time_limit_seconds(self) -> int:
@@ -77,6 +84,18 @@ class Resources(BaseModel):
         if len(parts) == 2:
             return parts[0] * 60 + parts[1]
         return parts[0] * 3600 + parts[1] * 60 + parts[2]
+
+
+class ResourceRequest(BaseModel):
+    """What one job may ask for beyond its profile (values checked like the profile's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: int | None = Field(default=None, ge=1, le=4096)
+    gpus_per_node: int | None = Field(default=None, ge=0, le=64)
+    workers_per_node: int | None = Field(default=None, ge=1, le=1024)
+    mem: Memory | None = None
+    time_limit: TimeLimit | None = None
 
 
 class ClusterProfile(BaseModel):
@@ -145,11 +164,17 @@ class ClusterProfile(BaseModel):
                 raise ValueError(f"overrides.{key}.{field}: {first['msg']}") from None
         return self
 
-    def resources_for(self, key: str | None) -> Resources:
-        """The profile's resources with the override for ``key`` (if any) applied."""
-        if key is None or key not in self.overrides:
+    def resources_for(self, key: str | None,
+                      request: ResourceRequest | None = None) -> Resources:
+        """The profile's resources with the override for ``key`` (if any) applied, then
+        the request's own layout (an engineering sweep's nodes and GPUs)."""
+        merged = self.resources.model_dump()
+        if key is not None and key in self.overrides:
+            merged.update(self.overrides[key])
+        if request is not None:
+            merged.update(request.model_dump(exclude_none=True))
+        if merged == self.resources.model_dump():
             return self.resources
-        merged = {**self.resources.model_dump(), **self.overrides[key]}
         return Resources.model_validate(merged)
 
     def python_executable(self) -> str:

@@ -22,7 +22,7 @@ from cluster_jobs.jobs import (
     render_script,
 )
 from cluster_jobs.profiles import ClusterProfile
-from cluster_jobs.states import JobState, JobStatus, from_slurm
+from cluster_jobs.states import JobAccounting, JobState, JobStatus, from_slurm
 
 _JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
 SSH_COMMAND_TIMEOUT_S = 60.0
@@ -144,6 +144,89 @@ def parse_status(job_id: str, stdout: str) -> JobStatus:
                      reason="SLURM does not know this job and it left no exit code")
 
 
+# What slurmstepd writes into the job's output when it kills a job for its memory: with
+# task/cgroup the state is OUT_OF_MEMORY, but with jobacct_gather's OverMemoryKill (no
+# cgroups, as in containers) it is FAILED or CANCELLED and only the log says why.
+MEMORY_KILL_MARKERS = ("exceeded memory limit", "exceeded job memory limit",
+                       "oom-kill event", "oom_kill event", "out of memory")
+
+
+def memory_killed(log_tail: str) -> bool:
+    lines = [line.lower() for line in log_tail.splitlines() if "slurmstepd" in line.lower()]
+    return any(marker in line for line in lines for marker in MEMORY_KILL_MARKERS)
+
+
+def classify_end(status: JobStatus, log_tail: str) -> JobStatus:
+    """A job SLURM killed for its memory is OUT_OF_MEMORY, whatever state it reports."""
+    if status.state in (JobState.FAILED, JobState.CANCELLED) and memory_killed(log_tail):
+        return status.model_copy(update={
+            "state": JobState.OUT_OF_MEMORY,
+            "reason": "slurmstepd killed the job: it exceeded its memory limit"})
+    return status
+
+
+def accounting_command(job_id: str) -> str:
+    """Elapsed time and allocated resources of a finished job: sacct (accounting storage),
+    else scontrol (recent jobs), else the jobcomp file (elapsed only)."""
+    jid = shlex.quote(check_job_id(job_id))
+    return "\n".join([
+        f"out=$(sacct -n -P -X -j {jid} -o ElapsedRaw,AllocTRES,NNodes 2>/dev/null | tail -n1)"
+        " || out=''",
+        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
+        f"if out=$(scontrol show job -o {jid} 2>/dev/null); then",
+        '  echo "scontrol $out"; exit 0',
+        "fi",
+        f"out=$(sacct -c -n -P -j {jid} -o ElapsedRaw,AllocTRES,NNodes 2>/dev/null | tail -n1)"
+        " || out=''",
+        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
+        "echo unknown",
+    ])
+
+
+def _seconds(text: str) -> float | None:
+    """SLURM durations: [D-]HH:MM:SS, MM:SS."""
+    days, _, rest = text.rpartition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        seconds = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+        return float(seconds + int(days or 0) * 86400)
+    except ValueError:
+        return None
+
+
+def _tres(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def parse_accounting(stdout: str) -> JobAccounting | None:
+    text = stdout.strip()
+    source, _, rest = text.partition(" ")
+    if source == "sacct":
+        elapsed, tres_text, nodes = (rest.split("|") + ["", "", ""])[:3]
+        tres = _tres(tres_text)
+        gpus = _int(tres.get("gres/gpu")) if tres else None
+        return JobAccounting(
+            elapsed_s=float(elapsed) if elapsed.strip().isdigit() else None,
+            nodes=_int(nodes) or _int(tres.get("node")),
+            gpus=gpus if gpus is not None else (0 if tres else None),
+            tres=tres_text, source="sacct")
+    if source == "scontrol":
+        fields = dict(re.findall(r"(\w+)=(\S*)", rest))
+        tres_text = fields.get("TRES", "")
+        tres = _tres(tres_text)
+        return JobAccounting(
+            elapsed_s=_seconds(fields.get("RunTime", "")), nodes=_int(fields.get("NumNodes")),
+            gpus=_int(tres.get("gres/gpu")) or 0, tres=tres_text, source="scontrol")
+    return None
+
+
 def cancel_command(job_id: str) -> str:
     return f"scancel {shlex.quote(check_job_id(job_id))}"
 
@@ -211,3 +294,7 @@ class SlurmJobs:
     def log_tail(self, key: str, lines: int = 40) -> str:
         _, out, _ = self._run(log_tail_command(remote_job_dir(self.profile, key), lines))
         return out
+
+    def accounting(self, job_id: str) -> JobAccounting | None:
+        _, out, _ = self._run(accounting_command(job_id))
+        return parse_accounting(out)

@@ -80,6 +80,25 @@ def from_slurm(name: str) -> JobState:
     raise ValueError(f"unknown SLURM job state {name!r}")
 
 
+class JobAccounting(BaseModel):
+    """What the scheduler's accounting says a finished job used (None: not reported)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    elapsed_s: float | None = None
+    nodes: int | None = None
+    gpus: int | None = None
+    tres: str = ""
+    source: str = ""
+
+    @property
+    def gpu_hours(self) -> float | None:
+        """Elapsed time x allocated GPUs (0 for a job without GPUs)."""
+        if self.elapsed_s is None or self.gpus is None:
+            return None
+        return self.elapsed_s * self.gpus / 3600
+
+
 class JobStatus(BaseModel):
     """What a backend knows about one job at one moment."""
 

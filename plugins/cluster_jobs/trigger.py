@@ -18,13 +18,16 @@ from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.slurm import (
     SSH_COMMAND_TIMEOUT_S,
     TransientError,
+    accounting_command,
     cancel_command,
+    classify_end,
     log_tail_command,
+    parse_accounting,
     parse_status,
     remote_job_dir,
     status_command,
 )
-from cluster_jobs.states import JobState, JobStatus
+from cluster_jobs.states import JobAccounting, JobState, JobStatus
 
 LOG_TAIL_LINES = 40
 
@@ -36,7 +39,10 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 class ClusterJobTrigger(BaseTrigger):
-    """Wait for one job to finish; yield {"status": ..., "log_tail": ..., "error": ...}."""
+    """Wait for one job to finish; yield {"status", "log_tail", "accounting", "error"}.
+
+    ``accounting`` (SLURM only, when the scheduler reports it): elapsed seconds and the
+    allocated nodes, GPUs and TRES of the finished job."""
 
     def __init__(
         self,
@@ -69,11 +75,13 @@ class ClusterJobTrigger(BaseTrigger):
         return self.poll_interval or self._profile.poll_interval
 
     def _event(self, status: JobStatus | None, log_tail: str = "",
-               error: str | None = None) -> TriggerEvent:
+               error: str | None = None,
+               accounting: JobAccounting | None = None) -> TriggerEvent:
         return TriggerEvent({
             "job_id": self.job_id, "key": self.key,
             "status": status.model_dump(mode="json") if status else None,
             "log_tail": log_tail, "error": error,
+            "accounting": accounting.model_dump(mode="json") if accounting else None,
         })
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -141,9 +149,15 @@ class ClusterJobTrigger(BaseTrigger):
                         raise TransientError(f"state query exit {code}: {err.strip()[-300:]}")
                     status = parse_status(self.job_id, out)
                     tail = ""
+                    accounting = None
                     if status.state.finished and not status.state.succeeded:
                         _, tail, _ = await self._run_command(
                             conn, log_tail_command(job_dir, LOG_TAIL_LINES))
+                        status = classify_end(status, tail)
+                    if status.state.finished:
+                        _, acct, _ = await self._run_command(
+                            conn, accounting_command(self.job_id))
+                        accounting = parse_accounting(acct)
                 except (*errors, TransientError) as error:
                     failures += 1
                     if conn is not None:
@@ -162,7 +176,7 @@ class ClusterJobTrigger(BaseTrigger):
                     self.log.info("%s", status.describe())
                     last = status.state
                 if status.state.finished:
-                    yield self._event(status, tail)
+                    yield self._event(status, tail, accounting=accounting)
                     return
                 await asyncio.sleep(self._interval())
         finally:
