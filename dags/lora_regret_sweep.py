@@ -14,6 +14,7 @@ import os
 from datetime import timedelta
 from typing import Any
 
+import yaml
 from airflow.sdk import Asset, Param, dag, task
 from cluster_jobs.operators import ClusterJobOperator
 from cluster_jobs.profiles import profile_names
@@ -24,6 +25,13 @@ SWEEP_RESULTS = Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep
 EXIT_DIVERGED = 3  # a diverged run is a result (recorded in MLflow), not a task failure
 EXIT_OOM = 4  # the training job caught an out-of-memory error (recorded as `oom`)
 SPEC_FILE = "spec.yaml"
+
+
+def _layout(spec: Any) -> dict[str, int] | None:
+    """The job's nodes and GPUs when the spec names them (else the profile decides)."""
+    layout = {k: getattr(spec, k) for k in ("nodes", "gpus_per_node")
+              if getattr(spec, k) is not None}
+    return layout or None
 
 
 def _sweep_presets() -> list[str]:
@@ -44,6 +52,20 @@ PARAMS = {
     "learning_rates": _list_param("Learning rates.", {"type": "number"}, "Learning rates"),
     "ranks": _list_param("LoRA ranks (powers of two).", {"type": "integer"}, "LoRA ranks"),
     "seeds": _list_param("Random seeds.", {"type": "integer"}, "Seeds"),
+    "nodes": _list_param("Engineering axis: nodes per run.", {"type": "integer"}, "Nodes"),
+    "gpus_per_node": _list_param("Engineering axis: GPUs per node (one process each).",
+                                 {"type": "integer"}, "GPUs per node"),
+    "zero_stages": _list_param("Engineering axis: DeepSpeed ZeRO stages (0, 2, 3).",
+                               {"type": "integer", "enum": [0, 2, 3]}, "ZeRO stages"),
+    "per_device_batches": _list_param("Engineering axis: per-device batch sizes.",
+                                      {"type": "integer"}, "Per-device batches"),
+    "global_batch": Param(None, type=["null", "integer"], title="Global batch",
+                          description="Samples per optimizer step kept across layouts "
+                                      "(default: per-device batch x accumulation)."),
+    "batch_scaling": Param(None, type=["null", "string"], enum=[None, "fixed_global",
+                           "per_device"], title="Batch scaling",
+                           description="fixed_global (default): accumulation derived per "
+                                       "layout; per_device: the global batch grows."),
     "max_steps": Param(None, type=["null", "integer"], title="Max steps",
                        description="Optimizer steps per run (overrides epochs)."),
     "epochs": Param(None, type=["null", "number"], title="Epochs"),
@@ -108,6 +130,7 @@ def lora_regret_sweep() -> None:
                       "--job-id", JOB_ID_PLACEHOLDER),
                 files={SPEC_FILE: spec.to_yaml()},
                 resources_key=spec.model,
+                resources=_layout(spec),
             ).model_dump(mode="json"), "profile": profile.name}
             for spec in pending
         ]
@@ -132,6 +155,26 @@ def lora_regret_sweep() -> None:
     def train_jobs(plan: dict[str, Any]) -> list[dict[str, Any]]:
         return plan["train"]
 
+    @task(trigger_rule="all_done")
+    def record(plan: dict[str, Any], ti: Any = None) -> list[dict[str, str]]:
+        """Write what the cluster said (OOM, kills, GPU-hours) into each run, also for
+        jobs that died before they could (their task failed; this runs anyway)."""
+        from training.outcomes import record_job_result
+        from training.spec import RunSpec
+
+        if not plan["train"]:
+            return []
+        recorded = []
+        for index, entry in enumerate(plan["train"]):  # map index i ran plan["train"][i]
+            result = ti.xcom_pull(task_ids="train", key=ClusterJobOperator.RESULT_XCOM_KEY,
+                                  map_indexes=index)
+            if not result:
+                continue  # never submitted, or still to be sensed by a retry
+            spec = RunSpec.model_validate(yaml.safe_load(entry["job"]["files"][SPEC_FILE]))
+            recorded.append(record_job_result(spec, result))
+            print(f"{spec.run_name}: {result['state']} -> {recorded[-1]['recorded']}")
+        return recorded
+
     @task
     def evaluation_jobs(plan: dict[str, Any]) -> list[dict[str, Any]]:
         return plan["evaluate"]
@@ -151,6 +194,7 @@ def lora_regret_sweep() -> None:
         exit_code_states={EXIT_OOM: "OUT_OF_MEMORY"},
         map_index_template="{{ task.job.name }}",
     ).expand_kwargs(train_jobs(the_plan))
+    train >> record(the_plan)
     eval_jobs = evaluation_jobs(the_plan)
     train >> eval_jobs
     evaluate = ClusterJobOperator.partial(
