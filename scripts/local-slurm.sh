@@ -91,17 +91,23 @@ SlurmdLogFile=$dir/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=CR_Core_Memory
+DefMemPerNode=100000
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$dir/log/jobcomp.txt
+# --mem enforced without cgroups: slurmstepd kills a job over its limit (its log says
+# "exceeded memory limit"); jobs without --mem get DefMemPerNode, far above real use.
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 MinJobAge=86400
 KillWait=5
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 SlurmdParameters=config_overrides
 MailProg=/bin/true
 ReturnToService=2
-NodeName=localnode NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=100000 State=UNKNOWN
+NodeName=localnode NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=10000000 State=UNKNOWN
 PartitionName=debug Nodes=localnode Default=YES MaxTime=INFINITE State=UP
 EOF
   export SLURM_CONF="$dir/etc/slurm.conf"
