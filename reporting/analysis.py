@@ -38,6 +38,7 @@ from reporting.findings import (
     TrainableRow,
 )
 from reporting.presets import param_counts
+from reporting.scaling import analyse_scaling, scaling_statements
 
 NOISE_Z = 2.0
 HIGH_RANK_MIN = 32
@@ -317,5 +318,8 @@ def analyse(data: SweepData, window: int = 10) -> tuple[Findings, pd.DataFrame]:
         models=models, size_effect=effect, statements=[],
     )
     findings.statements = statements(findings)
+    findings.scaling = analyse_scaling(runs, data.history)
+    if findings.scaling is not None:
+        findings.statements += scaling_statements(findings.scaling)
     return findings, runs
 

@@ -29,8 +29,13 @@ HISTORY_KEYS = ("train/loss", "train/learning_rate", "train/grad_norm",
 SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_params",
                 "model/trainable_fraction", "lexam/accuracy", "lexam/format_rate",
                 "lexam/parsed_accuracy", "lexam/loglik_accuracy", "lexam/chance",
-                "lexam/n_questions")
-OUTCOMES = ("running", "finished", "diverged", "failed")
+                "lexam/n_questions",
+                # engineering: throughput, time, memory and cost (docs/CONVENTIONS.md)
+                "train/world_size", "train/runtime_s", "train/time_to_first_step_s",
+                "train/samples_per_second_mean", "cost/gpu_hours", "cost/gpu_hours_accounted",
+                "memory/peak_accelerator_mb", "memory/peak_host_mb")
+LAYOUT_TAGS = ("zero_stage", "nodes", "gpus_per_node", "failure_reason")
+OUTCOMES = ("running", "finished", "diverged", "oom", "failed")
 STATUS_OUTCOME = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
                   "RUNNING": "running", "SCHEDULED": "running"}
 REPORT_KIND = "report"
@@ -119,15 +124,18 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
             "start_time": run.info.start_time, "end_time": run.info.end_time,
             "last_step": _last_step(run),
         }
+        row.update({tag: tags.get(tag, "") for tag in LAYOUT_TAGS})
         row.update({key: metrics.get(key, np.nan) for key in SUMMARY_KEYS})
         rows.append(row)
     columns = ["run_id", "run_name", "experiment_id", "sweep_id", "model", "method", "lr",
                "rank", "seed", "outcome", "status", "start_time", "end_time", "last_step",
-               *SUMMARY_KEYS]
+               *LAYOUT_TAGS, *SUMMARY_KEYS]
     frame = pd.DataFrame(rows, columns=columns)
     frame["lr"] = pd.to_numeric(frame["lr"], errors="coerce")
     frame["rank"] = pd.to_numeric(frame["rank"], errors="coerce").astype("Int64")
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    for tag in ("zero_stage", "nodes", "gpus_per_node"):
+        frame[tag] = pd.to_numeric(frame[tag], errors="coerce").astype("Int64")
     for key in SUMMARY_KEYS:
         frame[key] = frame[key].astype(float)
     return frame

@@ -3,7 +3,9 @@
 1. ``lr_sweep``: final loss vs LR per model, one line per LoRA rank, full FT in black;
 2. ``learning_curves``: loss vs step, every rank at its best LR, full FT at its best LR;
 3. ``tradeoff``: final loss vs LEXam accuracy / format rate / log-likelihood accuracy;
-4. ``trainable_fraction``: trainable share of the parameters per LoRA rank.
+4. ``trainable_fraction``: trainable share of the parameters per LoRA rank;
+5. ``scaling`` (engineering sweeps): throughput, time to train, efficiency and GPU-hours
+   against nodes per model and ZeRO stage, out-of-memory layouts marked.
 
 Colours are colour-blind safe: ranks on viridis (ordered, so the colour reads as "more
 rank"), LRs and models on the Okabe-Ito palette. Runs kept out of the analysis are
@@ -313,5 +315,83 @@ def draw_all(runs: pd.DataFrame, history: pd.DataFrame, findings: Findings, out_
         "learning_curves": learning_curves(runs, history, findings, out_dir, smoothing),
         "tradeoff": tradeoff(runs, findings, out_dir),
         "trainable_fraction": trainable_fraction(findings, out_dir),
+        "scaling": scaling(findings, out_dir),
     }
     return {name: paths for name, paths in figures.items() if paths}
+
+
+def scaling(findings: Findings, out_dir: Path) -> list[Path]:
+    """Per model: throughput, time to train, scaling efficiency and GPU-hours against
+    nodes, one line per ZeRO stage; layouts that ran out of memory are red crosses on
+    the bottom edge (they have no throughput), never a point on the scale."""
+    sc = findings.scaling
+    if sc is None or not sc.points:
+        return []
+    models = sorted({p.model for p in sc.points},
+                    key=lambda m: next((x.total_params or 0 for x in findings.models
+                                        if x.model == m), 0))
+    panels = (("samples_per_second", "throughput (samples/s, log)"),
+              ("time_to_train_s", "time to train (h, log)"),
+              ("efficiency", "scaling efficiency (%)"),
+              ("gpu_hours", "GPU-hours per run"))
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(4.2 * len(panels),
+                                                                3.4 * len(models)),
+                             squeeze=False)
+    stages = sorted({p.zero_stage for p in sc.points}, key=lambda z: -1 if z is None else z)
+    colors = {z: OKABE_ITO[i % len(OKABE_ITO)] for i, z in enumerate(stages)}
+    all_nodes = sorted({p.nodes for p in sc.points})
+    for row, model in enumerate(models):
+        mine = [p for p in sc.points if p.model == model]
+        for col, (field, label) in enumerate(panels):
+            ax = axes[row][col]
+            for zero in stages:
+                pts = [p for p in mine if p.zero_stage == zero and p.outcome == "finished"]
+                xs = [p.nodes for p in pts]
+                ys = [getattr(p, field) for p in pts]
+                if field == "time_to_train_s":
+                    ys = [y / 3600 if y is not None else None for y in ys]
+                if field == "efficiency":
+                    ys = [100 * y if y is not None else None for y in ys]
+                name = "no DeepSpeed" if zero is None else f"ZeRO-{zero}"
+                if pts:
+                    ax.plot(xs, ys, "o-", color=colors[zero], label=name)
+                if field == "samples_per_second" and pts:
+                    base = pts[0]
+                    ax.plot(xs, [base.samples_per_second * x / base.nodes for x in xs], ":",
+                            color=colors[zero], alpha=0.7,
+                            label=f"{name} linear from {base.nodes} node(s)")
+                ooms = [p.nodes for p in mine if p.zero_stage == zero and p.outcome == "oom"]
+                if ooms:
+                    offset = {z: i for i, z in enumerate(stages)}[zero] * 0.04
+                    ax.scatter(ooms, [0.03 + offset] * len(ooms), marker="x", s=60,
+                               color=EXCLUDED_COLOR, transform=ax.get_xaxis_transform(),
+                               clip_on=False, zorder=5)
+                    for x in ooms:
+                        ax.annotate(f"OOM {name}", (x, 0.03 + offset),
+                                    xycoords=("data", "axes fraction"), fontsize=6,
+                                    xytext=(5, -2), textcoords="offset points",
+                                    color=EXCLUDED_COLOR)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_locator(FixedLocator(all_nodes))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([str(n) for n in all_nodes])
+            ax.set_xlim(min(all_nodes) / 1.4, max(all_nodes) * 1.4)
+            ax.set_xlabel("nodes (log 2)")
+            if field in ("samples_per_second", "time_to_train_s"):
+                ax.set_yscale("log")
+                ax.margins(y=0.35)  # room below the data for the OOM crosses
+            if field == "efficiency":
+                ax.set_ylim(0, 110)
+                ax.axhline(100, color="grey", lw=0.8, ls="--")
+            if field == "gpu_hours":
+                ax.set_ylim(bottom=0, top=max([p.gpu_hours or 0 for p in mine] + [0]) * 1.15
+                            or None)
+            ax.set_ylabel(label)
+            ax.set_title(f"{model_label(model)}: {label.split(' (')[0]}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+        axes[row][0].legend(fontsize=7, loc="upper left")
+    oom_handle = Line2D([], [], marker="x", color=EXCLUDED_COLOR, ls="", label="out of memory")
+    fig.legend(handles=[oom_handle], loc="lower right", fontsize=8)
+    fig.suptitle(f"Scaling with nodes per ZeRO stage — sweep {findings.sweep_id}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, "scaling")

@@ -148,6 +148,40 @@ class Statement(_Model):
     text: str
 
 
+class ScalingPoint(_Model):
+    """One layout (model, method, ZeRO stage, nodes x GPUs): means over its runs."""
+
+    model: str
+    method: str
+    zero_stage: int | None
+    nodes: int
+    gpus_per_node: int | None
+    world_size: int | None
+    outcome: str  # finished | oom | failed | ... (the layout's worst outcome)
+    n_runs: int
+    samples_per_second: float | None
+    tokens_per_second: float | None
+    time_to_train_s: float | None
+    time_to_first_step_s: float | None
+    gpu_hours: float | None
+    gpu_hours_source: str  # accounted (cluster) | logged (runtime x GPUs) | none
+    peak_accelerator_mb: float | None
+    final_loss: float | None
+    lexam_accuracy: float | None
+    speedup: float | None  # throughput / that of the group's smallest working layout
+    efficiency: float | None  # speedup / (world size / that layout's world size)
+    failure_reason: str = ""
+
+
+class Scaling(_Model):
+    """Throughput, time and cost against nodes per (model, method, ZeRO stage)."""
+
+    definition: str
+    points: list[ScalingPoint]
+    oom: list[ScalingPoint]
+    cheapest: dict[str, ScalingPoint]  # per model: fewest GPU-hours among working layouts
+
+
 class Findings(_Model):
     sweep_id: str
     generated_at: str
@@ -157,3 +191,4 @@ class Findings(_Model):
     models: list[ModelFindings]
     size_effect: SizeEffect | None
     statements: list[Statement]
+    scaling: Scaling | None = None

@@ -31,10 +31,15 @@ CAPTIONS = {
                 "base model, dotted: chance.",
     "trainable_fraction": "Trainable parameters per LoRA rank as logged by the training runs "
                           "(% of the base model, log scales); dashed: 1%.",
+    "scaling": "Per model (rows): throughput (dotted: linear scaling from the smallest "
+               "working layout), time to train, scaling efficiency and GPU-hours per run "
+               "against nodes, one colour per ZeRO stage; red crosses on the bottom edge are "
+               "layouts that ran out of memory (no throughput to draw).",
 }
 FIGURE_TITLES = {"lr_sweep": "Learning-rate sweep", "learning_curves": "Learning curves",
                  "tradeoff": "Knowledge-retention trade-off",
-                 "trainable_fraction": "Trainable parameters per rank"}
+                 "trainable_fraction": "Trainable parameters per rank",
+                 "scaling": "Scaling with nodes and ZeRO stage"}
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px;
        margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -117,6 +122,39 @@ def _excluded_table(findings: Findings) -> list[str]:
     return [*lines, ""]
 
 
+def _num(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _scaling_section(findings: Findings) -> list[str]:
+    sc = findings.scaling
+    if sc is None:
+        return []
+    lines = ["## Scaling, memory and cost", "",
+             "| model | method | ZeRO | nodes x GPUs | outcome | samples/s | tokens/s | "
+             "time to train (h) | first step (s) | speedup | efficiency | GPU-h/run | "
+             "final loss | LEXam |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in sc.points:
+        gpus = "" if p.gpus_per_node is None else f" x {p.gpus_per_node}"
+        gpu_h = _num(p.gpu_hours) + (" (logged)" if p.gpu_hours_source == "logged" else "")
+        lines.append("| " + " | ".join(cell(v) for v in [
+            p.model, p.method, "" if p.zero_stage is None else p.zero_stage,
+            f"{p.nodes}{gpus}", p.outcome.upper() if p.outcome == "oom" else p.outcome,
+            _num(p.samples_per_second), _num(p.tokens_per_second, "{:.0f}"),
+            _num(None if p.time_to_train_s is None else p.time_to_train_s / 3600),
+            _num(p.time_to_first_step_s, "{:.0f}"), _num(p.speedup),
+            _num(None if p.efficiency is None else 100 * p.efficiency, "{:.0f}%"),
+            gpu_h, loss(p.final_loss), pct(p.lexam_accuracy)]) + " |")
+    lines += ["", "Out of memory: " + ("; ".join(
+        f"{p.model} ZeRO-{p.zero_stage} on {p.nodes} node(s)" for p in sc.oom) or "none") + ".",
+        "", "Cheapest layout that fits, per model: " + ("; ".join(
+            f"{m}: {p.nodes} node(s) x {p.gpus_per_node} GPUs, ZeRO-{p.zero_stage}, "
+            f"{p.gpu_hours:.2f} GPU-h per run" for m, p in sc.cheapest.items()) or "none")
+        + ".", "", f"Definitions: {sc.definition}.", ""]
+    return lines
+
+
 def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
     lines = [f"# LoRA vs full fine-tuning: sweep `{findings.sweep_id}`", "",
              f"Regenerated from MLflow at {findings.generated_at} from {findings.n_runs} "
@@ -144,6 +182,7 @@ def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
         lines += ["No LEXam metrics logged for this sweep yet.", ""]
     for m in findings.models:
         lines += _tradeoff_table(m)
+    lines += _scaling_section(findings)
     lines += ["## Runs kept out of the optima", "", *_excluded_table(findings),
               "## Definitions", "",
               f"- Final loss: {findings.final_loss_definition}.",

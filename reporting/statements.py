@@ -18,6 +18,7 @@ QUESTIONS = {
     "params": "Trainable parameters per rank",
     "runs": "Runs kept out of the analysis",
     "noise": "Seeds and noise",
+    "scaling": "Engineering: scaling, memory and cost",
 }
 
 

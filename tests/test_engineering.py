@@ -24,7 +24,7 @@ from training.sweep_conf import parse_conf, plan_runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = {"model": "tiny-apertus", "method": "full", "lr": 1e-3, "max_steps": 2,
-        "per_device_batch": 2, "grad_accum": 1, "max_seq_length": 128, "bf16": "off",
+        "per_device_batch": 2, "grad_accum": 1, "max_seq_length": 256, "bf16": "off",
         "data": {"source": "synthetic", "synthetic_size": 32}}
 # What a rank of a 4-GPU torchrun job prints when it runs out of accelerator memory (the
 # training job records OOM itself only on rank 0; another rank's OOM kills the group).
@@ -284,3 +284,36 @@ def test_dag_records_a_slurm_memory_kill_as_oom(
     assert (tags["nodes"], tags["zero_stage"]) == ("1", "0") and tags["job_id"]
     assert "cost/elapsed_s_accounted" in runs[0].data.metrics
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+# -- the report's scaling section (synthetic reference-shaped sweep, real MLflow) --------
+
+def test_scaling_section_of_the_report(mlflow_uri: str, tmp_path: Path) -> None:
+    from synthetic_scaling import log_scaling_sweep
+
+    from reporting.config import ReportConfig
+    from reporting.pipeline import generate
+
+    log_scaling_sweep(mlflow_uri)
+    [report] = generate(ReportConfig(tracking_uri=mlflow_uri, sweep_ids=("scaling-reference",),
+                                     output_dir=tmp_path / "reports", log_to_mlflow=False))
+    sc = report.findings.scaling
+    eight = [p for p in sc.points if p.model == "apertus-8b"]
+    assert [p.nodes for p in eight] == [1, 2, 4, 8] and eight[0].speedup == 1.0
+    assert eight[-1].speedup == pytest.approx(7.52)
+    assert eight[-1].efficiency == pytest.approx(0.94)
+    assert {(p.zero_stage, p.nodes) for p in sc.oom} == {
+        (0, 2), (0, 4), (0, 8), (2, 2), (2, 4), (2, 8), (3, 2)}
+    zero3 = [p for p in sc.points if p.model == "apertus-70b" and p.zero_stage == 3]
+    assert zero3[1].nodes == 4 and zero3[1].speedup == 1.0  # smallest working layout
+    assert zero3[2].efficiency == pytest.approx(0.85)
+    assert (sc.cheapest["apertus-8b"].nodes, sc.cheapest["apertus-70b"].nodes) == (1, 4)
+    assert sc.cheapest["apertus-70b"].gpu_hours_source == "accounted"
+    out = report.report_dir
+    assert (out / "scaling.png").is_file() and (out / "scaling.svg").is_file()
+    text = (out / "report.md").read_text()
+    assert "## Scaling, memory and cost" in text and "| OOM |" in text
+    assert "4 node(s) x 4 GPUs, ZeRO-3" in text
+    findings = yaml.safe_load((out / "findings.json").read_text())
+    assert len(findings["scaling"]["points"]) == 13
+    assert any(s["id"] == "scaling.apertus-70b.oom" for s in findings["statements"])
