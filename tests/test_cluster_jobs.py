@@ -239,3 +239,47 @@ def test_cleared_task_runs_a_failed_job_again(local_profile: ClusterProfile,
         results.append(sense(deferred.value.trigger)["status"]["state"])
     assert results == ["FAILED", "COMPLETED"]
     assert len([p for p in (tmp_path / "jobs").iterdir() if p.is_dir()]) == 2
+
+
+def test_local_slot_limit_runs_one_job_at_a_time(tmp_path: Path) -> None:
+    """With max_parallel_jobs=1 the second job waits as PENDING; the two never overlap."""
+    profile = ClusterProfile(name="one-at-a-time", backend="local", poll_interval=0.2,
+                             work_dir=str(tmp_path / "jobs"), max_parallel_jobs=1,
+                             resources={"time_limit": "10"})
+    jobs = LocalJobs(profile)
+    stamps = tmp_path / "stamps"
+    script = f"date +%s.%N >> {stamps}/$1.start; sleep 1.5; date +%s.%N >> {stamps}/$1.end"
+    stamps.mkdir()
+    first, _ = jobs.submit(JobRequest(name="a", key="a", argv=("bash", "-c", script, "_", "a")),
+                           os.environ)
+    _wait_for_file(stamps / "a.start")
+    second, _ = jobs.submit(JobRequest(name="b", key="b", argv=("bash", "-c", script, "_", "b")),
+                            os.environ)
+    time.sleep(0.5)
+    assert jobs.status(second).state is JobState.PENDING
+    assert jobs.status(first).state is JobState.RUNNING
+    event = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=second, key="b"))
+    assert event["status"]["state"] == "COMPLETED"
+    assert jobs.status(first).state is JobState.COMPLETED
+    end_a = float((stamps / "a.end").read_text())
+    start_b = float((stamps / "b.start").read_text())
+    assert start_b >= end_a
+
+
+def test_pending_local_job_can_be_cancelled(tmp_path: Path) -> None:
+    profile = ClusterProfile(name="one-slot", backend="local", poll_interval=0.2,
+                             work_dir=str(tmp_path / "jobs"), max_parallel_jobs=1,
+                             resources={"time_limit": "10"})
+    jobs = LocalJobs(profile)
+    busy, _ = jobs.submit(JobRequest(name="busy", key="busy", argv=("sleep", "30")), os.environ)
+    deadline = time.monotonic() + 30
+    while jobs.status(busy).state is not JobState.RUNNING:  # holds the only slot
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    waiting, _ = jobs.submit(JobRequest(name="w", key="w", argv=("true",)), os.environ)
+    time.sleep(0.5)
+    assert jobs.status(waiting).state is JobState.PENDING
+    jobs.cancel(waiting)
+    jobs.cancel(busy)
+    event = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=waiting, key="w"))
+    assert event["status"]["state"] == "CANCELLED"

@@ -25,7 +25,7 @@ from cluster_jobs.jobs import (
     JobRequest,
     render_script,
 )
-from cluster_jobs.local_runner import RESULT_FILE
+from cluster_jobs.local_runner import RESULT_FILE, STARTED_FILE
 from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.states import JobState, JobStatus
 
@@ -68,7 +68,8 @@ class LocalJobs:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # handed to the runner, held while it lives
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cluster_jobs.local_runner", str(job_dir), str(limit)],
+                [sys.executable, "-m", "cluster_jobs.local_runner", str(job_dir), str(limit),
+                 *self._slot_args()],
                 cwd=job_dir, env=env, start_new_session=True, pass_fds=(lock,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
@@ -77,6 +78,10 @@ class LocalJobs:
         (job_dir / PID_FILE).write_text(str(proc.pid))
         (job_dir / JOB_ID_FILE).write_text(job_id)
         return job_id, False
+
+    def _slot_args(self) -> list[str]:
+        slots = self.profile.max_parallel_jobs
+        return [str(self.work_dir / ".slots"), str(slots)] if slots else []
 
     def existing(self, key: str) -> str | None:
         job_id_file = self.job_dir(key) / JOB_ID_FILE
@@ -114,7 +119,10 @@ class LocalJobs:
         if not (job_dir / JOB_ID_FILE).is_file():
             return JobStatus(job_id=job_id, state=JobState.FAILED, reason="unknown job")
         if self._runner_alive(job_dir):
-            return JobStatus(job_id=job_id, state=JobState.RUNNING)
+            started = (job_dir / STARTED_FILE).is_file()
+            return JobStatus(job_id=job_id,
+                             state=JobState.RUNNING if started else JobState.PENDING,
+                             reason="" if started else "waiting for a free local job slot")
         if result_file.is_file():  # finished between the two checks
             return self.status(job_id, key)
         if (job_dir / CANCEL_FILE).is_file():

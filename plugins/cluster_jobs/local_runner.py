@@ -2,12 +2,15 @@
 
 Started detached (its own session) by the local backend, so the job outlives the Airflow
 task that submitted it; the result file is how the backend learns the outcome later.
-Usage: python -m cluster_jobs.local_runner JOB_DIR TIME_LIMIT_SECONDS
+With a slot limit, the runner first waits for one of N slot locks in SLOTS_DIR (the job is
+PENDING until then), so at most N local jobs run at once, in no particular order.
+Usage: python -m cluster_jobs.local_runner JOB_DIR TIME_LIMIT_SECONDS [SLOTS_DIR N]
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -20,6 +23,7 @@ from cluster_jobs.jobs import LOG_FILE, SCRIPT_FILE
 from cluster_jobs.states import JobState
 
 RESULT_FILE = "result.json"
+STARTED_FILE = "started"
 KILL_WAIT_S = 10
 
 
@@ -28,7 +32,32 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def run(job_dir: Path, time_limit_s: float) -> JobState:
+def wait_for_slot(slots_dir: Path, slots: int, cancelled) -> int | None:
+    """Hold one of ``slots`` lock files (kept for the runner's life); None if cancelled."""
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    while not cancelled():
+        for index in range(slots):
+            fd = os.open(slots_dir / f"slot-{index}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        time.sleep(0.5)
+    return None
+
+
+def _write_result(job_dir: Path, state: JobState, code: int | None) -> None:
+    result = {"state": state.value,
+              "exit_code": code if code is None or code >= 0 else None,
+              "signal": -code if code is not None and code < 0 else None}
+    tmp = job_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(job_dir / RESULT_FILE)
+
+
+def run(job_dir: Path, time_limit_s: float, slots_dir: Path | None = None,
+        slots: int = 0) -> JobState:
     cancelled = False
 
     def on_term(_signum: int, _frame: object) -> None:
@@ -36,6 +65,11 @@ def run(job_dir: Path, time_limit_s: float) -> JobState:
         cancelled = True
 
     signal.signal(signal.SIGTERM, on_term)
+    if slots_dir is not None and slots > 0 and \
+            wait_for_slot(slots_dir, slots, lambda: cancelled) is None:
+        _write_result(job_dir, JobState.CANCELLED, None)
+        return JobState.CANCELLED
+    (job_dir / STARTED_FILE).touch()
     with (job_dir / LOG_FILE).open("ab") as log:
         # The job gets its own process group, so stopping it reaches every process it
         # started (and not this runner, which still has to write the result).
@@ -62,17 +96,14 @@ def run(job_dir: Path, time_limit_s: float) -> JobState:
         code = proc.returncode
         if state is None:
             state = JobState.COMPLETED if code == 0 else JobState.FAILED
-    result = {"state": state.value, "exit_code": code if code >= 0 else None,
-              "signal": -code if code < 0 else None}
-    tmp = job_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(job_dir / RESULT_FILE)
+    _write_result(job_dir, state, code)
     return state
 
 
 def main(argv: list[str]) -> int:
     job_dir, limit = Path(argv[0]), float(argv[1])
-    state = run(job_dir, limit)
+    slots_dir, slots = (Path(argv[2]), int(argv[3])) if len(argv) > 3 else (None, 0)
+    state = run(job_dir, limit, slots_dir, slots)
     return 0 if state is JobState.COMPLETED else 1
 
 

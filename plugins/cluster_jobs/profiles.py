@@ -133,6 +133,11 @@ class ClusterProfile(BaseModel):
     python: Token | None = Field(
         default=None, description="Python on the cluster; None: the Python running Airflow."
     )
+    max_parallel_jobs: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="Local backend: jobs running at once; the rest wait as PENDING (a machine "
+        "with few cores trains faster one job at a time). None: no limit.",
+    )
     setup: tuple[str, ...] = Field(
         default=(), description="Shell lines run before the command (module load, activate)."
     )
