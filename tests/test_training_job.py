@@ -107,7 +107,9 @@ def test_full_run_registers_a_reference_not_a_copy(mlflow_uri, tmp_path) -> None
     assert checkpoint == (spec.run_dir / "final").resolve()
     assert run.data.tags["checkpoint_path"] == str(checkpoint)
     assert (checkpoint / "model.safetensors").is_file()
-    assert not MlflowClient().list_artifacts(outcome.run_id), "weights copied to the store"
+    artifacts = [a.path for a in MlflowClient().list_artifacts(outcome.run_id,
+                                                                "checkpoint_reference")]
+    assert artifacts == ["checkpoint_reference/reference.json"], "weights copied to the store"
 
 
 def test_non_finite_loss_stops_the_run_as_diverged(mlflow_uri, tmp_path) -> None:

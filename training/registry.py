@@ -22,6 +22,7 @@ from training.spec import RunSpec
 
 # Requirements written into the logged model. The default list would import torchvision.
 ADAPTER_PIP_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors"]
+CHECKPOINT_ARTIFACT = "checkpoint_reference"
 
 
 def registered_model_name(model: str, method: str) -> str:
@@ -67,23 +68,31 @@ def register_adapter(spec: RunSpec, run_id: str, peft_model: Any, tokenizer: Any
         )
     client = MlflowClient()
     _ensure_registered_model(client, name, spec)
-    version = client.create_model_version(
-        name, source=info.model_uri, run_id=run_id, tags=version_tags(spec, run_id),
-        description=f"{spec.run_name} (spec {spec.spec_hash})",
-    )
+    # register_model links the version to the logged model (a tracking server refuses a
+    # bare create_model_version with a models:/ source).
+    version = mlflow.register_model(info.model_uri, name, tags=version_tags(spec, run_id))
+    client.update_model_version(name, version.version,
+                                description=f"{spec.run_name} (spec {spec.spec_hash})")
     return f"models:/{name}/{version.version}", version.version
 
 
 def register_checkpoint(spec: RunSpec, run_id: str, checkpoint_dir: Path) -> tuple[str, str]:
-    """Register a full fine-tune by reference to its checkpoint folder (nothing copied)."""
+    """Register a full fine-tune by reference to its checkpoint folder (nothing copied).
+
+    The version's source is a small JSON artifact of the run naming the folder (tracking
+    servers accept only sources inside the run's artifacts); the tag checkpoint_path is the
+    folder itself.
+    """
     name = registered_model_name(spec.model, "full")
     client = MlflowClient()
     _ensure_registered_model(client, name, spec)
-    source = checkpoint_dir.resolve().as_uri()
+    path = str(checkpoint_dir.resolve())
+    client.log_dict(run_id, {"checkpoint_path": path, "spec_hash": spec.spec_hash},
+                    f"{CHECKPOINT_ARTIFACT}/reference.json")
     version = client.create_model_version(
-        name, source=source, run_id=run_id,
-        tags={**version_tags(spec, run_id), "checkpoint_path": str(checkpoint_dir.resolve())},
-        description=f"{spec.run_name} (spec {spec.spec_hash}); weights stay at {source}",
+        name, source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}", run_id=run_id,
+        tags={**version_tags(spec, run_id), "checkpoint_path": path},
+        description=f"{spec.run_name} (spec {spec.spec_hash}); weights stay at {path}",
     )
     return f"models:/{name}/{version.version}", version.version
 
