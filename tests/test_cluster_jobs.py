@@ -26,20 +26,13 @@ from cluster_jobs.profiles import (
 )
 from cluster_jobs.states import FINAL_STATES, JobState, from_slurm
 from cluster_jobs.trigger import ClusterJobTrigger
+from trigger_helpers import sense
 
 # Strings a hostile trigger conf might smuggle into a command line.
 PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "x && id",
             "-rf", "|id", "\\", "*"]
 
 
-def sense(trigger: ClusterJobTrigger, timeout: float = 120) -> dict:
-    """Run the trigger to its first event, as the triggerer would."""
-    async def first() -> dict:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("trigger ended without an event")
-
-    return asyncio.run(asyncio.wait_for(first(), timeout))
 
 
 @pytest.fixture

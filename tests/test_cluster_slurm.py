@@ -22,6 +22,7 @@ from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.slurm import SlurmJobs
 from cluster_jobs.states import JobState
 from cluster_jobs.trigger import ClusterJobTrigger
+from trigger_helpers import sense
 
 from training.sweep import load_named_sweep
 
@@ -30,13 +31,6 @@ pytestmark = pytest.mark.slurm
 PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "|id"]
 
 
-def sense(trigger: ClusterJobTrigger, timeout: float = 300) -> dict:
-    async def first() -> dict:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("trigger ended without an event")
-
-    return asyncio.run(asyncio.wait_for(first(), timeout))
 
 
 def submit(profile: ClusterProfile, request: JobRequest) -> ClusterJobTrigger:

@@ -3,7 +3,6 @@ MLflow from the Airflow side, and the torchrun launcher on a real (local) SLURM 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from cluster_jobs.slurm import SlurmJobs, classify_end, parse_accounting
 from cluster_jobs.states import JobState, JobStatus
 from cluster_jobs.trigger import ClusterJobTrigger
 from mlflow.tracking import MlflowClient
+from trigger_helpers import sense
 
 from training.outcomes import classify, record_job_result
 from training.spec import RunSpec, SpecError
@@ -169,13 +169,6 @@ def test_accounting_parsing() -> None:
 
 # -- real SLURM ---------------------------------------------------------------------------
 
-def sense(trigger: ClusterJobTrigger, timeout: float = 300) -> dict:
-    async def first() -> dict:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("trigger ended without an event")
-
-    return asyncio.run(asyncio.wait_for(first(), timeout))
 
 
 @pytest.mark.slurm
