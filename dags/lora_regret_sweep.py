@@ -38,17 +38,21 @@ def _sweep_presets() -> list[str]:
     return sorted(p.stem for p in (CONFIGS_DIR / "sweeps").glob("*.yaml"))
 
 
-def _list_param(description: str, items: dict[str, Any], title: str) -> Param:
+def _list_param(description: str, items: dict[str, Any], title: str,
+                choices: list[str] | None = None) -> Param:
+    """An optional list axis; with ``choices`` the form shows a multi-select."""
+    extra = {"examples": choices} if choices else {}
     return Param(None, type=["null", "array"], items=items, title=title,
-                 description=description + " Empty: the preset's values.")
+                 description=description + " Empty: the preset's values.", **extra)
 
 
 PARAMS = {
     "sweep": Param("reference", type="string", enum=_sweep_presets(), title="Sweep preset",
                    description="Grid from configs/sweeps/ (reference = the 52-run study)."),
-    "models": _list_param("Model presets.", {"type": "string"}, "Models"),
+    "models": _list_param("Model presets (configs/models.yaml).", {"type": "string"}, "Models",
+                          choices=sorted(load_presets())),
     "methods": _list_param("lora and/or full.", {"type": "string", "enum": ["lora", "full"]},
-                           "Methods"),
+                           "Methods", choices=["lora", "full"]),
     "learning_rates": _list_param("Learning rates.", {"type": "number"}, "Learning rates"),
     "ranks": _list_param("LoRA ranks (powers of two).", {"type": "integer"}, "LoRA ranks"),
     "seeds": _list_param("Random seeds.", {"type": "integer"}, "Seeds"),

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from training.finished import finished_spec_hashes, pending_specs
+from training.presets import load_presets
 from training.spec import RunSpec, SpecError
 from training.sweep_conf import parse_conf, plan_runs
 
@@ -120,6 +121,9 @@ def test_every_dag_file_imports(airflow_db: Path) -> None:
     defaults = {name: param.value for name, param in dag.params.items()}
     assert defaults["sweep"] == "reference" and defaults["force"] is False
     assert len(plan_runs(parse_conf(defaults))) == 52
+    # The form offers the known presets and methods as multi-selects.
+    assert dag.params.get_param("models").schema["examples"] == sorted(load_presets())
+    assert dag.params.get_param("methods").schema["examples"] == ["lora", "full"]
 
 
 @pytest.mark.airflow
