@@ -10,7 +10,8 @@ Throughput is measured the same way on both sides: training tokens counted by TR
 (``num_tokens``) between consecutive logged steps, divided by the wall time between them;
 the median over steps after the first two (warm-up) is reported.
 
-    .venv/bin/python benchmarks/train_throughput.py --steps 20 --out benchmarks/results/train_throughput.json
+    .venv/bin/python benchmarks/train_throughput.py --steps 12 \
+        --out benchmarks/results/train_throughput.json
 """
 
 from __future__ import annotations

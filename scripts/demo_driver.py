@@ -43,8 +43,12 @@ def wait_for(what: str, check, timeout: float = 300) -> None:
         time.sleep(2)
 
 
+def admin_password_file() -> Path:
+    return Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+
+
 def admin_password() -> str:
-    path = Path(os.environ["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    path = admin_password_file()
     wait_for("Airflow's admin password file", path.is_file)
     return json.loads(path.read_text())["admin"]
 
@@ -143,14 +147,15 @@ def main() -> int:
     report_state = follow(airflow, "lora_regret_report", report_run, deadline)
 
     reports = Path(os.environ.get("LORA_REGRET_REPORTS_DIR", STATE / "reports"))
+    newest = max(reports.glob("*/report.html"), key=lambda p: p.stat().st_mtime, default=None)
     minutes = (time.monotonic() - started) / 60
     print(f"""
 Done in {minutes:.1f} min (sweep success, report {report_state}).
 
   Airflow UI   {AIRFLOW}    login: admin / {password}
-               (password file: {os.environ['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)
+               (password file: {admin_password_file()})
   MLflow UI    {MLFLOW}     experiment 'lora-regret', registered models 'lora-regret-*'
-  Report       {reports}/<sweep id>/report.html  (also logged to MLflow, tag kind=report)
+  Report       {newest or reports}  (also logged to MLflow as a run tagged kind=report)
 
 Stop everything with: make down
 """, flush=True)
