@@ -103,6 +103,11 @@ def load_dag():
     return bag.get_dag(DAG_ID)
 
 
+def job_folders(sweep_env: Path) -> list[str]:
+    """One folder per submitted job (hidden entries are the backend's own, e.g. .slots)."""
+    return sorted(p.name for p in (sweep_env / "jobs").iterdir() if not p.name.startswith("."))
+
+
 def states(dag_run) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for ti in dag_run.get_task_instances():
@@ -168,13 +173,13 @@ def test_tiny_grid_end_to_end_then_nothing_new(airflow_db: Path, sweep_env: Path
     assert finished == {s.spec_hash for s in specs}
     assert {r.data.tags["sweep_id"] for r in runs} == {parse_conf(conf).derived_sweep_id()}
     assert all(r.data.tags.get("job_id") for r in runs)
-    jobs = sorted(p.name for p in (sweep_env / "jobs").iterdir())
+    jobs = job_folders(sweep_env)
     assert len(jobs) == 4
 
     second = dag.test(run_conf=conf)
     assert second.state == "success", states(second)
     assert states(second)["train"] == ["skipped"]
-    assert sorted(p.name for p in (sweep_env / "jobs").iterdir()) == jobs
+    assert job_folders(sweep_env) == jobs
     assert len(client.search_runs([experiment.experiment_id])) == 4
 
     from airflow.models.asset import AssetEvent
