@@ -25,8 +25,10 @@ from evaluation.data import (
 )
 from evaluation.metrics import QuestionResult, compute_metrics
 from evaluation.prompt import PROMPT_VERSION, build_prompt, choice_labels, extract_answer
+from training.spec import SAFE_PATH_RE
 
-SAFE_SOURCE_RE = re.compile(r"^[A-Za-z0-9_./:@+=-]{1,512}$")
+# The same character set as a run spec's paths: sources may end up in job command lines.
+SAFE_SOURCE_RE = SAFE_PATH_RE
 LANG_RE = re.compile(r"^[a-z]{2,3}$")
 
 
