@@ -80,9 +80,6 @@ class Airflow:
         response.raise_for_status()
         return response.json()
 
-    def unpause(self, dag_id: str) -> None:
-        self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-
     def trigger(self, dag_id: str, conf: dict) -> str:
         response = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns",
                                   json={"logical_date": None, "conf": conf})
@@ -128,9 +125,9 @@ def main() -> int:
     airflow = Airflow(password)
     say(f"Airflow is up: {AIRFLOW}")
     for dag_id in ("lora_regret_sweep", "lora_regret_report"):
-        wait_for(f"DAG {dag_id}", lambda d=dag_id: airflow.http.get(
-            f"/api/v2/dags/{d}").status_code == 200, timeout=180)
-        airflow.unpause(dag_id)
+        # Freshly parsed DAGs can answer 500 for a moment: retry until unpaused.
+        wait_for(f"DAG {dag_id}", lambda d=dag_id: airflow.http.patch(
+            f"/api/v2/dags/{d}", json={"is_paused": False}).status_code == 200, timeout=180)
 
     conf = demo_conf()
     say(f"trigger conf: {json.dumps(conf)}")

@@ -19,7 +19,6 @@ from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 
 from training.data import load_cases
 from training.formatting import SftFormatter
@@ -135,6 +134,14 @@ def peak_memory_mb() -> dict[str, float]:
     return memory
 
 
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint whose save finished (trainer_state.json is written last), so
+    a job killed while saving resumes from the one before."""
+    done = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA/accelerator OOM (torch.OutOfMemoryError or its message) or host MemoryError."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
@@ -198,7 +205,7 @@ def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
     trainable, total = count_parameters(trainer.model)
     if spec.method == "lora":
         total -= trainable  # the fraction is measured against the base model's size
-    checkpoint = get_last_checkpoint(str(run_dir))
+    checkpoint = last_complete_checkpoint(run_dir)
     if checkpoint:
         log.warning("resuming from %s", checkpoint)
     load_time = time.monotonic() - started
