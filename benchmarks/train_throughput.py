@@ -75,8 +75,8 @@ def lora_regret(method: str, args: argparse.Namespace, data_source: str,
                 workdir: Path) -> float:
     from mlflow.tracking import MlflowClient
 
+    from contracts.spec import RunSpec
     from training.job import run_training
-    from training.spec import RunSpec
 
     spec = RunSpec(model="smollm2-135m", method=method, lr=1e-4,
                    rank=args.rank if method == "lora" else None, max_steps=args.steps,
@@ -102,10 +102,10 @@ def main() -> int:
     import torch
     from transformers import AutoTokenizer
 
+    from contracts.spec import DataSpec
     from training.data import load_cases
     from training.formatting import SftFormatter
     from training.models import resolve_model_path
-    from training.spec import DataSpec
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir}/mlflow.db")

@@ -1,23 +1,23 @@
 """lexam_nightly: re-evaluate registered model versions on LEXam every day.
 
 Takes the latest version and every aliased version of each registered model
-``lora-regret-*`` and evaluates those whose training run has not yet been evaluated on
-tonight's evaluation set (its hash covers the questions and options); ``force`` re-runs
-them all. Each version runs ``python -m evaluation`` in its own process; metrics land on
-the version's training run (``lexam/*``). The logic lives in ``evaluation.nightly``.
+``lora-regret-*`` and evaluates them as cluster jobs, one per base model (the same
+operator and evaluation job as the sweep): versions whose training run was already
+evaluated on tonight's evaluation set (its hash covers the questions and options) are
+skipped by the job unless ``force``. Metrics land on each version's training run
+(``lexam/*``). The form is generated from contracts.conf.NightlyConf.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from cluster_jobs.operators import ClusterJobOperator
 
-# Read here rather than imported, so parsing this file loads neither MLflow nor pydantic
-# models; evaluation.nightly.default_data() reads the same variable.
-DEFAULT_DATA = os.environ.get("LORA_REGRET_LEXAM_DATA", "hub:LEXam-Benchmark/LEXam")
+from contracts.conf import NightlyConf
+from contracts.forms import form_fields
 
 
 @dag(
@@ -27,42 +27,38 @@ DEFAULT_DATA = os.environ.get("LORA_REGRET_LEXAM_DATA", "hub:LEXam-Benchmark/LEX
     catchup=False,
     max_active_runs=1,
     tags=["lora-regret", "evaluation"],
-    params={
-        "force": Param(False, type="boolean", title="Force",
-                       description="Re-evaluate versions already evaluated on this set."),
-        "data": Param(DEFAULT_DATA, type="string", title="LEXam data",
-                      pattern=r"^[A-Za-z0-9_./:@+=-]{1,512}$",
-                      description="Local JSONL/folder or hub:LEXam-Benchmark/LEXam."),
-        "choices": Param(4, type="integer", enum=[4, 8, 16, 32], title="Choices"),
-        "max_questions": Param(None, type=["null", "integer"], minimum=1,
-                               title="Max questions", description="Empty: all."),
-        "languages": Param(None, type=["null", "string"], pattern=r"^[a-z,]*$",
-                           title="Languages", description="e.g. de,en; empty: all."),
-        "max_new_tokens": Param(4096, type="integer", minimum=1, maximum=65536,
-                                title="Generation budget"),
-        "dtype": Param("bfloat16", type="string", enum=["bfloat16", "float32", "float16"]),
-    },
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=5)},
+    params={name: Param(field.pop("default"), **field)
+            for name, field in form_fields(NightlyConf).items()},
     doc_md=__doc__,
 )
 def lexam_nightly() -> None:
     @task
-    def versions_to_evaluate(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """The versions whose runs lack tonight's evaluation set hash (or all, forced)."""
-        from evaluation.nightly import parse_conf, plan_versions
+    def evaluation_jobs(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The chosen versions, as one evaluation job per base model."""
+        from airflow.sdk.exceptions import AirflowFailException
 
-        eval_hash, tasks = plan_versions(parse_conf(dict(params or {})))
-        print(f"eval set {eval_hash}: {len(tasks)} version(s) to evaluate")
-        return [item.model_dump() for item in tasks]
+        from contracts.conf import parse_nightly_conf
+        from contracts.errors import SpecError
+        from contracts.plan import job_kwargs, plan_nightly
+        from contracts.profiles import load_profile
+        from tracking.versions import versions_to_evaluate
 
-    @task(max_active_tis_per_dag=1)
-    def evaluate(item: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One version, evaluated in its own process."""
-        from evaluation.nightly import VersionTask, evaluate_version, parse_conf
+        try:
+            conf = parse_nightly_conf(dict(params or {}))
+            profile = load_profile(conf.cluster)
+        except SpecError as error:
+            raise AirflowFailException(str(error)) from None
+        versions = versions_to_evaluate()
+        jobs = plan_nightly(conf, profile, [(v.model, v.run_id) for v in versions])
+        print(f"{len(versions)} version(s) in {len(jobs)} evaluation job(s) on {profile.name}")
+        return job_kwargs(jobs, profile.name)
 
-        return evaluate_version(VersionTask.model_validate(item), parse_conf(dict(params or {})))
-
-    evaluate.expand(item=versions_to_evaluate())
+    ClusterJobOperator.partial(
+        task_id="evaluate",
+        retries=1,
+        retry_delay=timedelta(minutes=5),
+        map_index_template="{{ task.job.name }}",
+    ).expand_kwargs(evaluation_jobs())
 
 
 lexam_nightly()

@@ -5,7 +5,7 @@ from the asset event's extra), or by hand with a ``sweep_id`` (empty: every swee
 Each sweep's report (figures, report.md, report.html, findings.json) is written to
 ``$LORA_REGRET_REPORTS_DIR/<sweep_id>/`` and logged to MLflow as a run tagged
 ``kind=report``. MLflow is read from ``MLFLOW_TRACKING_URI``. The logic lives in
-``reporting``; this file wires.
+``reporting``; this file wires. The form is generated from contracts.conf.ReportConf.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, task
 
-SWEEP_RESULTS = Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep-results")
+from contracts.conf import ReportConf
+from contracts.forms import form_fields
+from contracts.names import SWEEP_RESULTS_ASSET
+
+SWEEP_RESULTS = Asset(**SWEEP_RESULTS_ASSET)
 
 
 @dag(
@@ -24,12 +28,8 @@ SWEEP_RESULTS = Asset(name="lora_regret_sweep_results", uri="lora-regret://sweep
     catchup=False,
     max_active_runs=1,
     tags=["lora-regret", "reporting"],
-    params={
-        "sweep_id": Param(None, type=["null", "string"], title="Sweep id",
-                          pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
-                          description="Sweep to report on (MLflow tag sweep_id). Empty: the "
-                                      "triggering sweep, or every sweep when run by hand."),
-    },
+    params={name: Param(field.pop("default"), **field)
+            for name, field in form_fields(ReportConf).items()},
     default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
     doc_md=__doc__,
 )
@@ -38,11 +38,19 @@ def lora_regret_report() -> None:
     def sweeps_to_report(params: dict[str, Any] | None = None,
                          triggering_asset_events: Any = None) -> list[str]:
         """Sweep ids from the hand-given param or the asset events; [] = all sweeps."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from contracts.conf import parse_report_conf
+        from contracts.errors import SpecError
         from reporting.triggers import sweep_ids_to_report
 
         extras = [event.extra for events in (triggering_asset_events or {}).values()
                   for event in events]
-        return sweep_ids_to_report((params or {}).get("sweep_id"), extras)
+        try:
+            conf = parse_report_conf(dict(params or {}))
+            return sweep_ids_to_report(conf.sweep_id, extras)
+        except (SpecError, ValueError) as error:
+            raise AirflowFailException(str(error)) from None
 
     @task
     def regenerate(sweep_ids: list[str]) -> list[dict[str, Any]]:

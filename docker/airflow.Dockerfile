@@ -1,7 +1,7 @@
 # The control plane's image: the official Apache Airflow image at the version pinned in
 # pyproject.toml, the SSH provider (pyproject's airflow extra) and the project's DAGs,
-# plugin (cluster_jobs), configs and core packages. The sweep DAG imports training.spec
-# and training.sweep, and the report DAG runs reporting in the worker, so the project is
+# plugin (cluster_jobs), configs and core packages. The sweep DAG imports contracts.spec
+# and contracts.sweep, and the report DAG runs reporting in the worker, so the project is
 # installed with its airflow and reporting extras: no torch, no training extra.
 #
 # Build from the repository root:
@@ -30,9 +30,9 @@ COPY --chown=50000:0 evaluation/ evaluation/
 COPY --chown=50000:0 reporting/ reporting/
 COPY --chown=50000:0 plugins/ plugins/
 # Airflow pinned on the same command line, as the image's documentation asks, so that
-# no dependency moves it. Editable: training.presets finds configs/ beside the packages.
+# no dependency moves it. Editable: contracts.presets finds configs/ beside the packages.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -e ".[airflow,reporting]" \
-    && python -c "import cluster_jobs, training.sweep, reporting.pipeline" \
+    && python -c "import cluster_jobs, contracts.sweep, reporting.pipeline" \
     && ! python -c "import torch" 2> /dev/null
 COPY --chown=50000:0 configs/ configs/
 COPY --chown=50000:0 dags/ dags/

@@ -49,7 +49,7 @@ RUN uv pip install -r pyproject.toml --extra training --extra evaluation \
     && DS_BUILD_OPS=0 uv pip install --no-build-isolation -r pyproject.toml --extra deepspeed \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 
-# The project, editable: training.presets finds configs/ beside the packages.
+# The project, editable: contracts.presets finds configs/ beside the packages.
 COPY training/ training/
 COPY evaluation/ evaluation/
 COPY reporting/ reporting/

@@ -1,4 +1,10 @@
-"""``python -m evaluation``: LEXam for one model, or for a whole sweep of one base model.
+"""``python -m evaluation``: LEXam for one model, for one evaluation job spec, or for a sweep.
+
+- ``python -m evaluation --spec eval.yaml [--output-dir DIR]``: the job the DAGs start
+  (``contracts.evaluation.EvalJobSpec``);
+- ``python -m evaluation sweep --sweep-id ID --model PRESET ...``: the same from flags;
+- ``python -m evaluation --model M [--adapter A] ...``: one model, results as JSON (and
+  into MLflow when MLFLOW_TRACKING_URI is set).
 
 Exit codes: 0 evaluated, 2 bad arguments or data (nothing evaluated), 1 failure.
 """
@@ -6,50 +12,36 @@ Exit codes: 0 evaluated, 2 bad arguments or data (nothing evaluated), 1 failure.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
-
-from evaluation.data import HUB_REPO, DataError
-from evaluation.runner import EvalOptions, EvalReport, build_eval_set, evaluate
+from contracts.cli import add_flags, flag_values
+from contracts.errors import SpecError, parse
+from contracts.evaluation import EvalJobSpec, EvalOptions, parse_eval_spec
+from contracts.files import read_mapping
+from contracts.names import DEFAULT_EXPERIMENT
+from contracts.outcomes import EXIT_BAD_INPUT, EXIT_OK
+from evaluation.data import DataError
+from evaluation.runner import EvalReport, build_eval_set, evaluate
 
 DEFAULT_OUTPUT_DIR = Path("runs") / "lexam"
+DTYPES = ("auto", "bfloat16", "float32", "float16")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default=f"hub:{HUB_REPO}",
-                        help="local JSONL file or folder in the LEXam schema, 'synthetic', or "
-                             "hub:REPO (configs mcq_N_choices); default %(default)s")
-    parser.add_argument("--choices", type=int, default=4, choices=(4, 8, 16, 32),
-                        help="number of answer choices (LEXam config); default 4")
-    parser.add_argument("--max-questions", type=int, default=None,
-                        help="evaluate a seeded sample of at most N questions (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="sample seed (default 0)")
-    parser.add_argument("--languages", default=None,
-                        help="comma-separated language filter, e.g. de,en (default: all)")
-    parser.add_argument("--max-new-tokens", type=int, default=4096,
-                        help="generation budget per answer (official: 4096)")
-    parser.add_argument("--batch-size", type=int, default=8,
-                        help="questions per forward pass (transformers backend)")
-    parser.add_argument("--no-generate", action="store_true",
-                        help="skip generation: log-likelihood accuracy only (fast)")
-    parser.add_argument("--no-loglik", action="store_true",
-                        help="skip the log-likelihood scoring of the choice letters")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
-    parser.add_argument("--experiment", default="lora-regret",
-                        help="MLflow experiment for baseline runs (default lora-regret)")
+    add_flags(parser, EvalOptions)
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="auto: bfloat16 where the hardware has it natively, else float32")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help=f"MLflow experiment for baseline runs (default {DEFAULT_EXPERIMENT})")
 
 
 def _options(args: argparse.Namespace) -> EvalOptions:
-    return EvalOptions(
-        data=args.data, choices=args.choices, max_questions=args.max_questions, seed=args.seed,
-        languages=tuple(x.strip() for x in args.languages.split(",") if x.strip())
-        if args.languages else None,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        generate=not args.no_generate, loglik=not args.no_loglik,
-    )
+    return parse(EvalOptions, flag_values(args, EvalOptions), "evaluation options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate one model on LEXam multiple-choice questions (official prompt "
                     "and metric, plus format rate, parsed accuracy and log-likelihood "
                     "accuracy). Results: JSON on disk always; MLflow when "
-                    "MLFLOW_TRACKING_URI is set. `python -m evaluation sweep --help` "
-                    "evaluates a whole sweep.",
+                    "MLFLOW_TRACKING_URI is set. `python -m evaluation --spec FILE` runs an "
+                    "evaluation job; `python -m evaluation sweep --help` a whole sweep.",
     )
     parser.add_argument("--model", required=True,
                         help="model preset (e.g. tiny-apertus, apertus-8b), local folder or hub id")
@@ -95,8 +87,25 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-id", required=True)
     parser.add_argument("--model", required=True, help="base model preset")
     parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--skip-evaluated", action="store_true",
+                        help="leave runs already evaluated on exactly this set alone")
+    parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
+                        help="where each run's results JSON is written")
     parser.add_argument("--output-json", default=None, help="all reports' summaries as JSON")
     _common(parser)
+    return parser
+
+
+def build_spec_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation --spec",
+        description="Run one evaluation job from its spec file (as the DAGs write it). "
+                    "Needs MLflow.")
+    parser.add_argument("--spec", required=True, type=Path,
+                        help="evaluation spec (YAML/JSON): contracts.evaluation.EvalJobSpec")
+    parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
+                        help="where each run's results JSON is written")
+    parser.add_argument("--output-json", default=None, help="all reports' summaries as JSON")
     return parser
 
 
@@ -107,12 +116,12 @@ def _slug(text: str) -> str:
 def _backend(args: argparse.Namespace, base_path: str, adapter_path: Path | None,
              options: EvalOptions, workdir: str):
     """(backend, context manager to close) for the single-model mode."""
-    from contextlib import nullcontext
+    from evaluation.models import resolve_dtype
 
     if args.backend == "transformers":
         from evaluation.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(base_path, adapter_path, dtype=args.dtype,
+        return TransformersBackend(base_path, adapter_path, dtype=resolve_dtype(args.dtype),
                                    batch_size=options.batch_size), nullcontext()
     from evaluation.backends.endpoint import EndpointBackend
 
@@ -162,7 +171,7 @@ def _target_run(args: argparse.Namespace) -> str | None:
         if run_id:
             return run_id
     if args.adapter:
-        from evaluation.tracking import ensure_experiment
+        from tracking.store import ensure_experiment
 
         run = client.create_run(ensure_experiment(client, args.experiment),
                                 run_name=f"lexam-{_slug(args.adapter)}",
@@ -194,52 +203,57 @@ def run_single(args: argparse.Namespace) -> int:
         with closer:
             report = evaluate(backend, eval_set, options, model=args.model,
                               adapter=args.adapter, backend_name=args.backend)
+    output = args.output_json or DEFAULT_OUTPUT_DIR / (
+        f"{_slug(args.adapter or args.model)}-{report.eval_hash}.json")
+    report.write_json(output)  # before MLflow: a tracking failure loses nothing
     run_id = _target_run(args)
     if run_id:
         from mlflow.tracking import MlflowClient
 
         log_report(MlflowClient(), run_id, report)
         report = report.model_copy(update={"run_id": run_id})
-    output = args.output_json or DEFAULT_OUTPUT_DIR / (
-        f"{_slug(args.adapter or args.model)}-{report.eval_hash}.json")
-    report.write_json(output)
+        report.write_json(output)
     _print_summary(report)
     print(f"[evaluation] results: {output}" + (f" (MLflow run {run_id})" if run_id else ""),
           file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-def run_sweep(args: argparse.Namespace) -> int:
-    import json
-
-    from evaluation.sweep import evaluate_sweep
+def run_job(spec: EvalJobSpec, output_dir: str, output_json: str | None) -> int:
+    from evaluation.job import run_eval_job
     from evaluation.tracking import tracking_enabled
 
     if not tracking_enabled():
-        raise DataError("MLFLOW_TRACKING_URI: the sweep mode reads runs from MLflow; set it")
-    reports = evaluate_sweep(args.sweep_id, args.model, _options(args), backend=args.backend,
-                             experiment=args.experiment, dtype=args.dtype)
+        raise DataError("MLFLOW_TRACKING_URI: an evaluation job reads runs from MLflow; set it")
+    reports = run_eval_job(spec, output_dir)
     for report in reports:
         _print_summary(report)
-    if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(json.dumps(
+    if output_json:
+        Path(output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(output_json).write_text(json.dumps(
             [r.summary_dict() for r in reports], indent=2, default=str))
-    return 0
+    return EXIT_OK
+
+
+def _sweep_spec(args: argparse.Namespace) -> EvalJobSpec:
+    raw: dict[str, Any] = {
+        "model": args.model, "sweep_id": args.sweep_id, "experiment": args.experiment,
+        "options": flag_values(args, EvalOptions), "backend": args.backend,
+        "dtype": args.dtype, "skip_evaluated": args.skip_evaluated}
+    return parse_eval_spec(raw)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    sweep = bool(argv) and argv[0] == "sweep"
-    parser = build_sweep_parser() if sweep else build_parser()
-    args = parser.parse_args(argv[1:] if sweep else argv)
     try:
-        return run_sweep(args) if sweep else run_single(args)
-    except ValidationError as error:
-        for item in error.errors():
-            field = ".".join(str(p) for p in item["loc"]).replace("_", "-")
-            print(f"error: {field}: {item['msg']}", file=sys.stderr)
-        return 2
-    except (DataError, FileNotFoundError, KeyError) as error:
+        if argv and argv[0] == "sweep":
+            args = build_sweep_parser().parse_args(argv[1:])
+            return run_job(_sweep_spec(args), args.output_dir, args.output_json)
+        if any(a == "--spec" or a.startswith("--spec=") for a in argv):
+            args = build_spec_parser().parse_args(argv)
+            spec = parse_eval_spec(read_mapping(args.spec, "evaluation spec"))
+            return run_job(spec, args.output_dir, args.output_json)
+        return run_single(build_parser().parse_args(argv))
+    except (SpecError, DataError, FileNotFoundError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT

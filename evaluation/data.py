@@ -22,7 +22,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-HUB_REPO = "LEXam-Benchmark/LEXam"
+from contracts.errors import describe_errors
+from contracts.evaluation import LEXAM_HUB_REPO as HUB_REPO
+
 CHOICE_COUNTS = (4, 8, 16, 32)
 
 
@@ -94,10 +96,7 @@ def normalise_record(raw: Mapping[str, Any], index: int) -> LexamQuestion:
     try:
         return LexamQuestion.model_validate(record)
     except ValidationError as error:
-        fields = "; ".join(
-            f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()
-        )
-        raise DataError(f"{where}: {fields}") from None
+        raise DataError(f"{where}: {'; '.join(describe_errors(error).splitlines())}") from None
 
 
 def _letter_index(letters: str) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contracts.presets import load_presets
 from training.models import resolve_model_path
-from training.presets import load_presets
 
 
 def is_preset(model: str) -> bool:
@@ -43,3 +43,12 @@ def adapter_rank(folder: str | Path) -> int:
 
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
     return int(config.get("r", 8))
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto``: bfloat16 where the hardware computes in it natively, else float32."""
+    if dtype != "auto":
+        return dtype
+    from training.devices import native_bf16
+
+    return "bfloat16" if native_bf16() else "float32"

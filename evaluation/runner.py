@@ -8,16 +8,14 @@ budget are options, and all of them enter the evaluation set hash.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
+from contracts.evaluation import EvalOptions
 from evaluation.backends import Backend
 from evaluation.data import (
-    HUB_REPO,
     LexamQuestion,
     eval_set_hash,
     load_questions,
@@ -25,55 +23,17 @@ from evaluation.data import (
 )
 from evaluation.metrics import QuestionResult, compute_metrics
 from evaluation.prompt import PROMPT_VERSION, build_prompt, choice_labels, extract_answer
-from training.spec import SAFE_PATH_RE
-
-# The same character set as a run spec's paths: sources may end up in job command lines.
-SAFE_SOURCE_RE = SAFE_PATH_RE
-LANG_RE = re.compile(r"^[a-z]{2,3}$")
 
 
-class EvalOptions(BaseModel):
-    """What to evaluate on and how; validated because it can come from a trigger form."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    data: str = f"hub:{HUB_REPO}"
-    choices: Literal[4, 8, 16, 32] = 4
-    max_questions: int | None = Field(default=None, gt=0)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    languages: tuple[str, ...] | None = None
-    max_new_tokens: int = Field(default=4096, gt=0, le=65536)
-    generate: bool = True
-    loglik: bool = True
-    batch_size: int = Field(default=8, gt=0, le=1024)
-    synthetic_size: int = Field(default=64, gt=0, le=100_000)
-
-    @field_validator("data")
-    @classmethod
-    def _safe_data(cls, value: str) -> str:
-        if not SAFE_SOURCE_RE.fullmatch(value) or value.startswith("-"):
-            raise ValueError("must be a path, 'synthetic' or hub:REPO without spaces or "
-                             "shell metacharacters")
-        return value
-
-    @field_validator("languages")
-    @classmethod
-    def _languages(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None:
-            for code in value:
-                if not LANG_RE.fullmatch(code):
-                    raise ValueError(f"{code!r} is not a language code like 'de'")
-        return value or None
-
-    def identity(self) -> dict[str, object]:
-        """The options that change the numbers (the data enters through its content)."""
-        return {
-            "prompt": PROMPT_VERSION, "choices": self.choices,
-            "max_questions": self.max_questions, "seed": self.seed,
-            "languages": list(self.languages) if self.languages else None,
-            "max_new_tokens": self.max_new_tokens if self.generate else None,
-            "generate": self.generate, "loglik": self.loglik,
-        }
+def options_identity(options: EvalOptions) -> dict[str, object]:
+    """The options that change the numbers (the data enters through its content)."""
+    return {
+        "prompt": PROMPT_VERSION, "choices": options.choices,
+        "max_questions": options.max_questions, "seed": options.seed,
+        "languages": list(options.languages) if options.languages else None,
+        "max_new_tokens": options.max_new_tokens if options.generate else None,
+        "generate": options.generate, "loglik": options.loglik,
+    }
 
 
 class EvalSet(BaseModel):
@@ -89,7 +49,7 @@ def build_eval_set(options: EvalOptions) -> EvalSet:
                                options.seed)
     chosen = select_questions(questions, options.max_questions, options.seed,
                               options.languages)
-    return EvalSet(questions=chosen, eval_hash=eval_set_hash(chosen, options.identity()),
+    return EvalSet(questions=chosen, eval_hash=eval_set_hash(chosen, options_identity(options)),
                    source=options.data)
 
 
@@ -150,6 +110,6 @@ def evaluate(backend: Backend, eval_set: EvalSet, options: EvalOptions, *, model
         ))
     return EvalReport(
         model=model, adapter=adapter, backend=backend_name, eval_hash=eval_set.eval_hash,
-        data=eval_set.source, options=options.identity(), metrics=compute_metrics(results),
+        data=eval_set.source, options=options_identity(options), metrics=compute_metrics(results),
         results=results, runtime_s=time.monotonic() - started,
     )

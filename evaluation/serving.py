@@ -12,45 +12,34 @@ same code runs ``transformers serve`` where vLLM cannot (CPU machines, tests).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated
 
 import httpx
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from contracts.safe import SafeName, SafePath, check_path
 
 # vLLM's accepted --max-lora-rank values.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-ADAPTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./:@+=-]{1,512}$")
-
-
-def _safe_path(value: str) -> str:
-    if not SAFE_PATH_RE.fullmatch(value) or value.startswith("-"):
-        raise ValueError(f"{value!r}: paths may hold letters, digits and _ . / : @ + = - only")
-    return value
-
-
-SafePath = Annotated[str, AfterValidator(_safe_path)]
 
 
 class LoraModule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: SafeName
     path: SafePath
     rank: int = Field(gt=0, le=4096)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not ADAPTER_NAME_RE.fullmatch(value) or value == "base":
-            raise ValueError(f"{value!r} is not a usable adapter name")
+        if value == "base":
+            raise ValueError("'base' is the base model's served name, not an adapter name")
         return value
 
 
@@ -106,7 +95,7 @@ class VllmServerConfig(BaseModel):
 def transformers_serve_command(model: str, port: int, host: str = "127.0.0.1") -> list[str]:
     """A CPU stand-in with the same API: ``transformers serve`` preloading one model."""
     exe = Path(sys.executable).with_name("transformers")
-    return [str(exe), "serve", _safe_path(model), "--host", host, "--port", str(port),
+    return [str(exe), "serve", check_path(model), "--host", host, "--port", str(port),
             "--device", "cpu", "--log-level", "warning"]
 
 

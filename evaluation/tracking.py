@@ -14,34 +14,18 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from contracts.names import DEFAULT_EXPERIMENT
 from evaluation.metrics import finite
 from evaluation.runner import EvalReport
-
-DEFAULT_EXPERIMENT = "lora-regret"
+from tracking.store import ensure_experiment
 
 
 def tracking_enabled() -> bool:
     return bool(os.environ.get("MLFLOW_TRACKING_URI"))
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = os.environ.get("LORA_REGRET_ARTIFACT_ROOT")
-    location = Path(root, name).resolve().as_uri() if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
 
 
 def baseline_run(client: MlflowClient, model: str, sweep_id: str = "adhoc",

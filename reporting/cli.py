@@ -10,12 +10,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from reporting.config import (
-    NothingToReport,
-    ReportConfig,
-    default_output_dir,
-    default_tracking_uri,
-)
+from contracts.errors import describe_errors
+from contracts.paths import default_tracking_uri
+from reporting.config import NothingToReport, ReportConfig, default_output_dir
 
 EPILOG = """\
 Reads MLflow from MLFLOW_TRACKING_URI (default: the project's sqlite:///.state/mlflow.db).
@@ -80,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ReportConfig(**settings)
     except ValidationError as error:
-        for item in error.errors():
-            field = ".".join(str(p) for p in item["loc"])
-            print(f"error: {field}: {item['msg'].removeprefix('Value error, ')}",
-                  file=sys.stderr)
+        print(f"error: {describe_errors(error)}", file=sys.stderr)
         return 2
     from reporting.pipeline import generate  # heavy imports after argument checks
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-# Same character set as training.spec.SafeName: sweep ids reach file names and MLflow filters.
-SWEEP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-DEFAULT_EXPERIMENT = "lora-regret"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from contracts.names import DEFAULT_EXPERIMENT
+from contracts.paths import default_tracking_uri, project_root
+from contracts.safe import SafeName as SweepId
+from contracts.safe import check_name
+
+__all__ = ["DEFAULT_EXPERIMENT", "NothingToReport", "ReportConfig", "SweepId", "check_sweep_id"]
 
 
 class NothingToReport(LookupError):
@@ -20,24 +20,16 @@ class NothingToReport(LookupError):
 
 
 def check_sweep_id(value: str) -> str:
-    if not SWEEP_ID_RE.fullmatch(value):
-        raise ValueError(
-            f"sweep_id: {value!r} must start with a letter or digit and contain only "
-            "letters, digits, _ . - (at most 128 characters)"
-        )
-    return value
-
-
-SweepId = Annotated[str, AfterValidator(check_sweep_id)]
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or the project's default store (docs/CONVENTIONS.md)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT}/.state/mlflow.db"
+    """A sweep id from outside (an asset event, a form): sweep ids reach file names and
+    MLflow filters."""
+    try:
+        return check_name(value)
+    except ValueError as error:
+        raise ValueError(f"sweep_id: {value!r} {error}") from None
 
 
 def default_output_dir() -> Path:
-    return Path(os.environ.get("LORA_REGRET_REPORTS_DIR") or REPO_ROOT / "reports")
+    return Path(os.environ.get("LORA_REGRET_REPORTS_DIR") or project_root() / "reports")
 
 
 class ReportConfig(BaseModel):

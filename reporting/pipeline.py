@@ -6,7 +6,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -18,6 +17,7 @@ from reporting.figures import draw_all
 from reporting.findings import Findings
 from reporting.publish import publish
 from reporting.report import write_report
+from tracking.store import redact
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,6 @@ class SweepReport:
                 "cache_hits": self.cache_hits, "fetched": self.fetched,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "report_run_id": self.report_run_id}
-
-
-def redact(uri: str) -> str:
-    """A tracking URI without credentials, for logs."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def generate_sweep(client: MlflowClient, config: ReportConfig, sweep_id: str) -> SweepReport:

@@ -1,6 +1,6 @@
 """Parameter counts of the model presets, read from configs/models.yaml.
 
-Read with yaml directly rather than through training.presets so that reporting stays
+Read with yaml directly rather than through contracts.presets so that reporting stays
 light: the Airflow worker that runs the report never needs the training package.
 """
 

@@ -98,7 +98,7 @@ def local_slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm
 @pytest.fixture
 def slurm_profile(local_slurm: LocalSlurm, tmp_path: Path):
     """A slurm ClusterProfile for the local cluster, jobs in a folder private to the test."""
-    from cluster_jobs.profiles import ClusterProfile
+    from contracts.profiles import ClusterProfile
 
     work = tmp_path / "jobs"
     return ClusterProfile(

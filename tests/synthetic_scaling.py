@@ -13,8 +13,8 @@ import time
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from training.spec import RunSpec
-from training.sweep import load_named_sweep
+from contracts.spec import RunSpec
+from contracts.sweep import load_named_sweep
 
 SAMPLES_PER_GPU_S = {"apertus-8b": 2.0, "apertus-70b": 0.25}
 # Scaling efficiency by nodes against 1 node (8B) / the first working layout (70B).

@@ -25,9 +25,9 @@ import numpy as np
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
-from training.presets import load_presets
-from training.spec import RunSpec
-from training.sweep import SweepSpec, load_named_sweep
+from contracts.presets import load_presets
+from contracts.spec import RunSpec
+from contracts.sweep import SweepSpec, load_named_sweep
 
 FINAL_LOSS_WINDOW = 10
 STEPS = 467

@@ -14,19 +14,22 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
-from cluster_jobs.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest, render_script
 from cluster_jobs.local import LocalJobs
 from cluster_jobs.operators import ClusterJobOperator
-from cluster_jobs.profiles import (
+from cluster_jobs.script import render_script
+from cluster_jobs.slurm import from_slurm
+from cluster_jobs.trigger import ClusterJobTrigger
+from trigger_helpers import sense
+
+from contracts.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest
+from contracts.profiles import (
     ClusterProfile,
     ProfileError,
     load_profile,
     parse_profile,
     profile_names,
 )
-from cluster_jobs.states import FINAL_STATES, JobState, from_slurm
-from cluster_jobs.trigger import ClusterJobTrigger
-from trigger_helpers import sense
+from contracts.states import FINAL_STATES, JobState
 
 # Strings a hostile trigger conf might smuggle into a command line.
 PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "x && id",

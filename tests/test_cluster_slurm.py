@@ -16,15 +16,15 @@ from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
-from cluster_jobs.jobs import JOB_ID_PLACEHOLDER, JobRequest
 from cluster_jobs.operators import ClusterJobOperator
-from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.slurm import SlurmJobs
-from cluster_jobs.states import JobState
 from cluster_jobs.trigger import ClusterJobTrigger
 from trigger_helpers import sense
 
-from training.sweep import load_named_sweep
+from contracts.jobs import JOB_ID_PLACEHOLDER, JobRequest
+from contracts.profiles import ClusterProfile
+from contracts.states import JobState
+from contracts.sweep import load_named_sweep
 
 pytestmark = pytest.mark.slurm
 

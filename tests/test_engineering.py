@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_jobs.jobs import JOB_ID_PLACEHOLDER, JobRequest, render_script
-from cluster_jobs.profiles import ClusterProfile, ResourceRequest
+from cluster_jobs.script import render_script
 from cluster_jobs.slurm import SlurmJobs, classify_end, parse_accounting
-from cluster_jobs.states import JobState, JobStatus
 from cluster_jobs.trigger import ClusterJobTrigger
 from mlflow.tracking import MlflowClient
 from trigger_helpers import sense
 
-from training.outcomes import classify, record_job_result
-from training.spec import RunSpec, SpecError
-from training.sweep import load_named_sweep, parse_sweep
-from training.sweep_conf import parse_conf, plan_runs
+from contracts.conf import parse_conf, plan_runs
+from contracts.jobs import JOB_ID_PLACEHOLDER, JobRequest
+from contracts.outcomes import classify
+from contracts.profiles import ClusterProfile, ResourceRequest
+from contracts.spec import RunSpec, SpecError
+from contracts.states import JobState, JobStatus
+from contracts.sweep import load_named_sweep, parse_sweep
+from tracking.record import record_job_result
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = {"model": "tiny-apertus", "method": "full", "lr": 1e-3, "max_steps": 2,

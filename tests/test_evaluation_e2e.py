@@ -1,6 +1,7 @@
 """End to end on CPU: tiny-apertus trained through training.job (LoRA and full), registered,
 then evaluated on a small LEXam subset (the shared file when present, else generated
-questions) by the sweep mode and the single-model CLI; everything read back from MLflow."""
+questions) by an evaluation job spec and the single-model CLI; everything read back from
+MLflow."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from evaluation.runner import EvalOptions
-from evaluation.sweep import evaluate_sweep
+from contracts.evaluation import EvalJobSpec, EvalOptions
+from contracts.spec import RunSpec
+from evaluation.job import run_eval_job
 from training.job import run_training
-from training.spec import RunSpec
 
 SHARED_LEXAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "lexam" / \
     "mcq_4_choices_test.jsonl"
@@ -50,8 +51,12 @@ def test_trained_models_are_evaluated_into_their_runs(trained, tmp_path: Path) -
     lora, full = trained
     options = EvalOptions(data=_data(), max_questions=N_QUESTIONS, max_new_tokens=8,
                           batch_size=4)
-    reports = evaluate_sweep("e2e", "tiny-apertus", options, dtype="float32")
+    spec = EvalJobSpec(model="tiny-apertus", sweep_id="e2e", options=options, dtype="float32")
+    reports = run_eval_job(spec, tmp_path / "results")
     assert len(reports) == 3  # baseline, LoRA, full
+    # Results are on disk, one file per run, whatever happens to MLflow afterwards.
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "results").glob("*.json")) == \
+        sorted(r.run_id for r in reports)
 
     client = MlflowClient()
     baseline = client.search_runs(
@@ -82,9 +87,12 @@ def test_trained_models_are_evaluated_into_their_runs(trained, tmp_path: Path) -
     lora_scores = [d["loglik_scores"] for d in _details(client, lora.run_id, tmp_path / "l2")]
     assert base_scores != lora_scores
 
-    # Running it again reuses the same baseline run.
-    evaluate_sweep("e2e", "tiny-apertus", options.model_copy(update={"generate": False}),
-                   dtype="float32")
+    # Already evaluated on exactly this set: a job that skips evaluated runs does nothing.
+    assert run_eval_job(spec.model_copy(update={"skip_evaluated": True}), tmp_path / "r2") == []
+    # Another set (no generation) evaluates again, reusing the same baseline run.
+    other = spec.model_copy(update={"options": options.model_copy(update={"generate": False}),
+                                    "skip_evaluated": True})
+    assert len(run_eval_job(other, tmp_path / "r3")) == 3
     assert len(client.search_runs(
         [base_run.info.experiment_id],
         filter_string="tags.method = 'base' and tags.sweep_id = 'e2e'")) == 1

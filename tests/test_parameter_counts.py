@@ -7,8 +7,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import ApertusConfig, ApertusForCausalLM
 
+from contracts.presets import get_preset
 from training.job import count_parameters
-from training.presets import get_preset
 
 
 def lora_per_rank(hidden: int, inter: int, layers: int, heads: int, kv_heads: int) -> int:

@@ -201,7 +201,7 @@ def test_all_sweeps_and_index(store: tuple[str, LoggedSweep], tmp_path: Path) ->
 
 
 def _small_sweep():
-    from training.sweep import parse_sweep
+    from contracts.sweep import parse_sweep
 
     return parse_sweep({"name": "small", "grids": [
         {"models": ["apertus-8b"], "methods": ["lora"], "learning_rates": [1e-4, 1e-3],

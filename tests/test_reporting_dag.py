@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from synthetic_sweep import log_sweep
 
-from training.sweep import parse_sweep
+from contracts.sweep import parse_sweep
 
 DAG_ID = "lora_regret_report"
 SMALL = parse_sweep({"name": "dagtest", "grids": [
@@ -98,6 +98,8 @@ def test_sweep_ids_come_from_the_triggering_asset_events(airflow_db: Path) -> No
     assert pick(params={"sweep_id": "by-hand"}, triggering_asset_events=events) == ["by-hand"]
     assert pick(params={"sweep_id": None},
                 triggering_asset_events=TriggeringAssetEventsAccessor.build([])) == []
-    with pytest.raises(ValueError, match="sweep_id"):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="sweep_id"):  # fails fast, no retry
         pick(params={}, triggering_asset_events=TriggeringAssetEventsAccessor.build(
             [_event({"sweep_id": "$(reboot)"})]))

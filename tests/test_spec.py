@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.spec import RunSpec, SpecError, parse_spec
-from training.sweep import load_named_sweep, parse_sweep
+from contracts.spec import RunSpec, SpecError, parse_spec
+from contracts.sweep import load_named_sweep, parse_sweep
 
 BASE = {"model": "tiny-apertus", "method": "lora", "lr": 1e-3, "rank": 8}
 

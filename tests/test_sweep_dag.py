@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from training.finished import finished_spec_hashes, pending_specs
-from training.presets import load_presets
-from training.spec import RunSpec, SpecError
-from training.sweep_conf import parse_conf, plan_runs
+from contracts.conf import parse_conf, plan_runs
+from contracts.presets import load_presets
+from contracts.spec import RunSpec, SpecError
+from tracking.runs import finished_spec_hashes, pending_specs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "lora_regret_sweep"

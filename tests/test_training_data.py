@@ -7,10 +7,10 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from contracts.spec import DataSpec
 from training.data import DataError, load_cases
 from training.formatting import PROMPT_TAIL, SftFormatter
 from training.models import resolve_model_path
-from training.spec import DataSpec
 from training.synthetic import generate_cases
 
 

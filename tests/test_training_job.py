@@ -16,11 +16,11 @@ from peft import PeftModel
 from test_parameter_counts import lora_per_rank
 from transformers import AutoModelForCausalLM
 
+from contracts.presets import get_preset
+from contracts.spec import RunSpec
 from training.job import is_out_of_memory, run_training
 from training.models import resolve_model_path
-from training.presets import get_preset
 from training.registry import fetch_adapter, fetch_checkpoint
-from training.spec import RunSpec
 
 FAST = {"model": "tiny-apertus", "max_steps": 16, "per_device_batch": 4, "grad_accum": 1,
         "max_seq_length": 256, "data": {"source": "synthetic", "synthetic_size": 128},
@@ -182,7 +182,7 @@ OOM_SCRIPT = """
 import resource, sys
 from training.job import is_out_of_memory, run_training
 from training.models import resolve_model_path
-from training.spec import RunSpec
+from contracts.spec import RunSpec
 spec = RunSpec.from_file(sys.argv[1])
 resolve_model_path(spec.model)
 with open("/proc/self/status") as status:

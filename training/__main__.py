@@ -10,9 +10,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from training.spec import RunSpec, SpecError, describe_errors, parse_spec
-
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_SPEC, EXIT_DIVERGED, EXIT_OOM = 0, 1, 2, 3, 4
+from contracts.errors import SpecError, describe_errors
+from contracts.files import read_mapping
+from contracts.outcomes import EXIT_BAD_INPUT as EXIT_BAD_SPEC
+from contracts.outcomes import EXIT_OK as EXIT_FINISHED
+from contracts.outcomes import OUTCOME_EXIT_CODES
+from contracts.spec import RunSpec, parse_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,11 +73,7 @@ SPEC_FLAGS = ("model", "model_path", "method", "lr", "rank", "alpha", "seed", "e
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    import yaml
-
-    raw: dict = {}
-    if args.spec:
-        raw = yaml.safe_load(args.spec.read_text()) or {}
+    raw: dict = read_mapping(args.spec, "run spec") if args.spec else {}
     for name in SPEC_FLAGS:
         value = getattr(args, name)
         if value is not None:
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[training] {outcome.outcome}: final loss {outcome.final_loss} after "
           f"{outcome.steps} steps; MLflow run {outcome.run_id}; model {outcome.model_uri}",
           file=sys.stderr)
-    return {"diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.outcome, EXIT_FINISHED)
+    return OUTCOME_EXIT_CODES.get(outcome.outcome, EXIT_FINISHED)
 
 
 if __name__ == "__main__":

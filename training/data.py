@@ -11,7 +11,7 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
-from training.spec import DataSpec
+from contracts.spec import DataSpec
 from training.synthetic import generate_cases
 
 SJP_HUB_ID = "rcds/swiss_judgment_prediction"

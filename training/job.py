@@ -20,12 +20,13 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from contracts.paths import configs_dir
+from contracts.spec import RunSpec
 from training.data import load_cases
+from training.devices import native_bf16
 from training.formatting import SftFormatter
 from training.layout import layout_tags
 from training.models import resolve_model_path
-from training.presets import CONFIGS_DIR
-from training.spec import RunSpec
 from training.tracking import (
     RUN_ID_FILE,
     MetricBuffer,
@@ -56,23 +57,17 @@ def is_main_process() -> bool:
 
 
 def bf16_enabled(setting: str) -> bool:
-    """bf16 when asked, or ('auto') when the accelerator does it natively.
-
-    On CPU, 'auto' also turns it on where torch reports bf16 support (autocast is about
-    2x faster than fp32 on these machines).
-    """
+    """bf16 when asked, or ('auto') where the hardware computes in it natively."""
     if setting != "auto":
         return setting == "on"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.backends, "mkldnn", None)) and torch.backends.mkldnn.is_available()
+    return native_bf16()
 
 
 def build_sft_config(spec: RunSpec, run_dir: Path):
     from trl import SFTConfig
 
     deepspeed = (
-        str(CONFIGS_DIR / "deepspeed" / f"zero{spec.zero_stage}.json")
+        str(configs_dir() / "deepspeed" / f"zero{spec.zero_stage}.json")
         if spec.zero_stage is not None else None
     )
     return SFTConfig(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from training.spec import RunSpec
+from contracts.spec import RunSpec
 
 
 def measured_layout(environ: Mapping[str, str] | None = None,

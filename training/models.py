@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from training.presets import ModelPreset, get_preset
+from contracts.presets import ModelPreset, get_preset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

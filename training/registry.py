@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from training.spec import RunSpec
+from contracts.spec import RunSpec
 
 # Requirements written into the logged model. The default list would import torchvision.
 ADAPTER_PIP_REQUIREMENTS = ["torch", "transformers", "peft", "safetensors"]

@@ -12,16 +12,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from training.spec import RunSpec
+from contracts.spec import RunSpec
+from tracking.runs import create_spec_run
+from tracking.store import configure
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_ID_FILE = "mlflow_run_id"
 # MLflow accepts at most 1000 metrics per log_batch call.
 BATCH_LIMIT = 1000
@@ -36,51 +36,9 @@ STEP_METRICS = {
 }
 
 
-def default_tracking_uri() -> str:
-    return f"sqlite:///{REPO_ROOT / '.state' / 'mlflow.db'}"
-
-
 def configure_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else the project's local SQLite store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def _default_artifact_root() -> str | None:
-    """Beside a SQLite store (MLflow would otherwise use ./mlruns of whatever the job's
-    working directory is); a tracking server decides for itself."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
-    return None
-
-
-def ensure_experiment(name: str) -> str:
-    """The experiment's id, created on first use (artifact root from the environment)."""
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    artifact_root = os.environ.get("LORA_REGRET_ARTIFACT_ROOT") or _default_artifact_root()
-    if artifact_root:
-        location = Path(artifact_root, name).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another job
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def flatten(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else key, item))
-        return out
-    return {prefix: "" if value is None else str(value)}
+    return configure()
 
 
 def start_or_resume_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str:
@@ -89,7 +47,6 @@ def start_or_resume_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str
     A retried job (same spec, same run_dir) continues the same MLflow run, so one spec
     keeps one run however often its job is restarted.
     """
-    experiment_id = ensure_experiment(spec.experiment)
     client = MlflowClient()
     run_id_file = run_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
@@ -99,11 +56,7 @@ def start_or_resume_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str
         except mlflow.exceptions.MlflowException:
             run_id = None
     if run_id is None:
-        run = client.create_run(experiment_id, run_name=spec.run_name,
-                                tags={**spec.tags(), "outcome": "running"})
-        run_id = run.info.run_id
-        params = flatten("", spec.model_dump(mode="json"))
-        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        run_id = create_spec_run(client, spec)
         run_dir.mkdir(parents=True, exist_ok=True)
         run_id_file.write_text(run_id)
     else:

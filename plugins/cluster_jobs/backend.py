@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from cluster_jobs.jobs import JobRequest
 from cluster_jobs.local import LocalJobs
-from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.slurm import SlurmJobs
-from cluster_jobs.states import JobStatus
+from contracts.jobs import JobRequest
+from contracts.profiles import ClusterProfile
+from contracts.states import JobStatus
 
 
 class JobBackend(Protocol):

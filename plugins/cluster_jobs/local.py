@@ -17,17 +17,17 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cluster_jobs.jobs import (
+from cluster_jobs.local_runner import RESULT_FILE, STARTED_FILE
+from cluster_jobs.script import render_script
+from contracts.jobs import (
     EXIT_CODE_FILE,
     JOB_ID_FILE,
     LOG_FILE,
     SCRIPT_FILE,
     JobRequest,
-    render_script,
 )
-from cluster_jobs.local_runner import RESULT_FILE, STARTED_FILE
-from cluster_jobs.profiles import ClusterProfile
-from cluster_jobs.states import JobState, JobStatus
+from contracts.profiles import ClusterProfile
+from contracts.states import JobState, JobStatus
 
 PID_FILE = "runner.pid"
 LOCK_FILE = "runner.lock"

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from cluster_jobs.jobs import LOG_FILE, SCRIPT_FILE
-from cluster_jobs.states import JobState
+from contracts.jobs import LOG_FILE, SCRIPT_FILE
+from contracts.states import JobState
 
 RESULT_FILE = "result.json"
 STARTED_FILE = "started"

@@ -18,24 +18,18 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from pydantic import ValidationError
 
 from cluster_jobs.backend import get_backend
-from cluster_jobs.jobs import JobRequest
-from cluster_jobs.profiles import ClusterProfile, ProfileError, load_profile
 from cluster_jobs.slurm import SlurmError, TransientError
-from cluster_jobs.states import JobState, JobStatus
 from cluster_jobs.trigger import ClusterJobTrigger
+from contracts.errors import describe_errors
+from contracts.jobs import JobRequest
+from contracts.profiles import ClusterProfile, ProfileError, load_profile
+from contracts.states import JobState, JobStatus
 
 
 def task_key(name: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """A stable, filesystem- and shell-safe key for one task instance (not one try)."""
     digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode())
     return f"{name[:80]}-{digest.hexdigest()[:12]}"
-
-
-def _validation_message(error: ValidationError) -> str:
-    return "\n".join(
-        f"{'.'.join(str(p) for p in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
-        for item in error.errors()
-    )
 
 
 class ClusterJobOperator(BaseOperator):
@@ -81,11 +75,11 @@ class ClusterJobOperator(BaseOperator):
         except ProfileError as error:
             raise AirflowFailException(str(error)) from None
         except ValidationError as error:
-            raise AirflowFailException(f"invalid profile:\n{_validation_message(error)}") from None
+            raise AirflowFailException(f"invalid profile:\n{describe_errors(error)}") from None
         try:
             request = JobRequest.model_validate(self.job)
         except ValidationError as error:
-            raise AirflowFailException(f"invalid job:\n{_validation_message(error)}") from None
+            raise AirflowFailException(f"invalid job:\n{describe_errors(error)}") from None
         if request.key is None:
             ti = context["ti"]
             key = task_key(request.name, ti.dag_id, ti.run_id, ti.task_id, ti.map_index)

@@ -13,16 +13,59 @@ import re
 import shlex
 from collections.abc import Mapping
 
-from cluster_jobs.jobs import (
+from cluster_jobs.script import render_script
+from contracts.jobs import (
     EXIT_CODE_FILE,
     JOB_ID_FILE,
     LOG_FILE,
     SCRIPT_FILE,
     JobRequest,
-    render_script,
 )
-from cluster_jobs.profiles import ClusterProfile
-from cluster_jobs.states import JobAccounting, JobState, JobStatus, from_slurm
+from contracts.profiles import ClusterProfile
+from contracts.states import JobAccounting, JobState, JobStatus
+
+# SLURM's long state names (scontrol JobState, sacct State, squeue %T) -> JobState.
+# Preempted and requeued jobs go back to the queue and resume from their checkpoint,
+# so they are waited for, never treated as final.
+_SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.PENDING,
+    "CONFIGURING": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "REQUEUED": JobState.REQUEUED,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SUSPENDED": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "BOOT_FAIL": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT,
+    "TIMEOUT": JobState.TIMEOUT,
+    "CANCELLED": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "PREEMPTED": JobState.PREEMPTED,
+    "NODE_FAIL": JobState.NODE_FAIL,
+}
+
+
+def from_slurm(name: str) -> JobState:
+    """Map a SLURM state ("CANCELLED by 0", "CANCELLED+", "OUT_OF_ME+") to a JobState."""
+    word = name.strip().split(" ")[0].rstrip("+").upper()
+    if word in _SLURM_STATES:
+        return _SLURM_STATES[word]
+    if word.startswith("OUT_OF_ME"):  # sacct truncates long names
+        return JobState.OUT_OF_MEMORY
+    raise ValueError(f"unknown SLURM job state {name!r}")
+
+
 
 _JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
 SSH_COMMAND_TIMEOUT_S = 60.0

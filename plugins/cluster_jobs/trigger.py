@@ -14,7 +14,6 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from cluster_jobs.profiles import ClusterProfile
 from cluster_jobs.slurm import (
     SSH_COMMAND_TIMEOUT_S,
     TransientError,
@@ -27,7 +26,8 @@ from cluster_jobs.slurm import (
     remote_job_dir,
     status_command,
 )
-from cluster_jobs.states import JobAccounting, JobState, JobStatus
+from contracts.profiles import ClusterProfile
+from contracts.states import JobAccounting, JobState, JobStatus
 
 LOG_TAIL_LINES = 40
 

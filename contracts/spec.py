@@ -2,8 +2,8 @@
 
 Its content hash (over the fields that change what is trained) is the run's identity:
 the sweep DAG skips a spec whose hash already has a finished MLflow run. Every string
-field is restricted to a safe character set because specs travel from an untrusted
-trigger form into job scripts and remote shells.
+field is a safe-string type (``contracts.safe``): specs travel from an untrusted trigger
+form into job scripts and remote shells.
 """
 
 from __future__ import annotations
@@ -12,47 +12,16 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from training.presets import load_presets
+from contracts.errors import SpecError, parse
+from contracts.presets import load_presets
+from contracts.safe import MODULE_NAME_PATTERN, SafeName, SafePath
 
-# Characters allowed in names, paths and sources that may end up in a shell command.
-SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9_./:@+=-]{1,512}$")
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 MAX_RANK = 4096
-
-
-def _safe_path(value: str) -> str:
-    if not SAFE_PATH_RE.fullmatch(value) or value.startswith("-"):
-        raise ValueError(
-            "may only contain letters, digits and _ . / : @ + = - and must not start with "
-            "'-' (no spaces, quotes or shell metacharacters)"
-        )
-    return value
-
-
-def _safe_name(value: str) -> str:
-    if not SAFE_NAME_RE.fullmatch(value):
-        raise ValueError(
-            "must start with a letter or digit and contain only letters, digits, _ . -"
-        )
-    return value
-
-
-SafePath = Annotated[str, AfterValidator(_safe_path)]
-SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class DataSpec(BaseModel):
@@ -150,7 +119,7 @@ class RunSpec(BaseModel):
             if not value:
                 raise ValueError("must name at least one module or be 'all-linear'")
             for name in value:
-                if not MODULE_NAME_RE.fullmatch(name):
+                if not re.fullmatch(MODULE_NAME_PATTERN, name):
                     raise ValueError(f"{name!r} is not a module name")
         return value
 
@@ -238,39 +207,14 @@ class RunSpec(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunSpec:
-        text = Path(path).read_text()
-        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        return cls.model_validate(raw)
+        from contracts.files import read_mapping
+
+        return parse_spec(read_mapping(path, "run spec"))
 
 
-def describe_errors(error: ValidationError) -> str:
-    """One line per bad field, naming the field: what users see for a bad spec or conf.
-
-    Cross-field checks (model validators) have no location; their messages start with
-    the field name followed by a colon, which is used as the location instead.
-    """
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if not field:
-            field, _, message = message.partition(": ")
-        lines.append(f"{field}: {message}")
-    return "\n".join(lines)
-
-
-class SpecError(ValueError):
-    """A spec or sweep that failed validation; the message names each bad field."""
-
-    @classmethod
-    def from_validation(cls, error: ValidationError, prefix: str = "") -> SpecError:
-        body = describe_errors(error)
-        return cls(f"{prefix}{body}" if prefix else body)
-
-
-def parse_spec(raw: dict[str, Any]) -> RunSpec:
+def parse_spec(raw: Any) -> RunSpec:
     """Validate a raw mapping into a RunSpec, raising SpecError naming the bad fields."""
-    try:
-        return RunSpec.model_validate(raw)
-    except ValidationError as error:
-        raise SpecError.from_validation(error, "invalid run spec:\n") from None
+    return parse(RunSpec, raw, "run spec")
+
+
+__all__ = ["MAX_RANK", "DataSpec", "RunSpec", "SpecError", "parse_spec"]

@@ -1,4 +1,4 @@
-"""Job states shared by every backend, and the mapping from SLURM's own state names.
+"""Job states shared by every backend (SLURM's own names are mapped in cluster_jobs.slurm).
 
 One enum for SLURM and local jobs keeps the operator's decisions (wait, succeed, fail,
 keep waiting through a requeue) independent of where a job runs.
@@ -37,48 +37,6 @@ FINAL_STATES = frozenset(
     {JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT, JobState.CANCELLED,
      JobState.OUT_OF_MEMORY, JobState.NODE_FAIL}
 )
-
-# SLURM's long state names (scontrol JobState, sacct State, squeue %T) -> JobState.
-# Preempted and requeued jobs go back to the queue and resume from their checkpoint,
-# so they are waited for, never treated as final.
-_SLURM_STATES: dict[str, JobState] = {
-    "PENDING": JobState.PENDING,
-    "CONFIGURING": JobState.PENDING,
-    "REQUEUE_HOLD": JobState.REQUEUED,
-    "REQUEUE_FED": JobState.REQUEUED,
-    "REQUEUED": JobState.REQUEUED,
-    "RESV_DEL_HOLD": JobState.PENDING,
-    "SPECIAL_EXIT": JobState.FAILED,
-    "RUNNING": JobState.RUNNING,
-    "COMPLETING": JobState.RUNNING,
-    "STAGE_OUT": JobState.RUNNING,
-    "SIGNALING": JobState.RUNNING,
-    "RESIZING": JobState.RUNNING,
-    "SUSPENDED": JobState.RUNNING,
-    "STOPPED": JobState.RUNNING,
-    "COMPLETED": JobState.COMPLETED,
-    "FAILED": JobState.FAILED,
-    "BOOT_FAIL": JobState.NODE_FAIL,
-    "DEADLINE": JobState.TIMEOUT,
-    "TIMEOUT": JobState.TIMEOUT,
-    "CANCELLED": JobState.CANCELLED,
-    "REVOKED": JobState.CANCELLED,
-    "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
-    "OOM": JobState.OUT_OF_MEMORY,
-    "PREEMPTED": JobState.PREEMPTED,
-    "NODE_FAIL": JobState.NODE_FAIL,
-}
-
-
-def from_slurm(name: str) -> JobState:
-    """Map a SLURM state ("CANCELLED by 0", "CANCELLED+", "OUT_OF_ME+") to a JobState."""
-    word = name.strip().split(" ")[0].rstrip("+").upper()
-    if word in _SLURM_STATES:
-        return _SLURM_STATES[word]
-    if word.startswith("OUT_OF_ME"):  # sacct truncates long names
-        return JobState.OUT_OF_MEMORY
-    raise ValueError(f"unknown SLURM job state {name!r}")
-
 
 class JobAccounting(BaseModel):
     """What the scheduler's accounting says a finished job used (None: not reported)."""

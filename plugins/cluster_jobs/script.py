@@ -1,73 +1,22 @@
-"""A job request and the batch script rendered from it.
+"""The batch script rendered from a job request (``contracts.jobs.JobRequest``).
 
-The request is generic (a command line, environment, small files); the script is the
-same for SLURM and local jobs, so a job behaves alike on a laptop and on a cluster.
-Every value from a request is shell-quoted; names and paths also pass character checks,
-because requests carry values that came from an untrusted trigger form.
+The script is the same for SLURM and local jobs, so a job behaves alike on a laptop and on
+a cluster. Every value from a request is shell-quoted: requests carry values that came from
+an untrusted trigger form.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-
-from cluster_jobs.profiles import ClusterProfile, EnvName, Name, ResourceRequest, Resources
-
-JOB_ID_PLACEHOLDER = "{job_id}"
-"""An argv element equal to this is replaced by the job's id when the job runs."""
-JOB_DIR_PLACEHOLDER = "{job_dir}"
-"""An argv element starting with this has it replaced by the job's folder (absolute)."""
-
-LOG_FILE = "job.log"
-EXIT_CODE_FILE = "exit_code"
-SCRIPT_FILE = "job.sh"
-JOB_ID_FILE = "job_id"
-
-_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RESERVED_FILES = {LOG_FILE, EXIT_CODE_FILE, SCRIPT_FILE, JOB_ID_FILE}
-
-
-def _file_name(value: str) -> str:
-    if not _FILE_NAME_RE.fullmatch(value) or value in _RESERVED_FILES:
-        raise ValueError(f"{value!r} is not an allowed job file name")
-    return value
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL bytes")
-    return value
-
-
-FileName = Annotated[str, AfterValidator(_file_name)]
-Arg = Annotated[str, AfterValidator(_no_nul)]
-
-
-class JobRequest(BaseModel):
-    """One job: what to run, in which environment, with which files beside it."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Name = Field(description="Scheduler job name (shown in squeue).")
-    argv: tuple[Arg, ...] = Field(min_length=1)
-    env: dict[EnvName, Arg] = Field(default_factory=dict)
-    files: dict[FileName, Arg] = Field(
-        default_factory=dict, description="Small text files written into the job folder."
-    )
-    resources_key: Name | None = Field(
-        default=None, description="Picks the profile's per-key resource override."
-    )
-    resources: ResourceRequest | None = Field(
-        default=None, description="This job's own layout, over the profile and key override."
-    )
-    key: Name | None = Field(
-        default=None,
-        description="Idempotency key: one job folder per key; submitting a key again "
-        "re-attaches to its job. The operator derives it from the task instance.",
-    )
+from contracts.jobs import (
+    EXIT_CODE_FILE,
+    JOB_DIR_PLACEHOLDER,
+    JOB_ID_PLACEHOLDER,
+    LOG_FILE,
+    JobRequest,
+)
+from contracts.profiles import ClusterProfile, Resources
 
 
 def _quote_arg(arg: str) -> str:

@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+from contracts.paths import configs_dir
 
 
 class ModelPreset(BaseModel):
@@ -28,8 +28,12 @@ class ModelPreset(BaseModel):
     gguf_file: str | None = None
 
 
+def load_presets() -> dict[str, ModelPreset]:
+    return _load(configs_dir() / "models.yaml")
+
+
 @cache
-def load_presets(path: Path = CONFIGS_DIR / "models.yaml") -> dict[str, ModelPreset]:
+def _load(path: Path) -> dict[str, ModelPreset]:
     raw = yaml.safe_load(path.read_text())
     return {name: ModelPreset(name=name, **entry) for name, entry in raw.items()}
 

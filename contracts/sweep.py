@@ -19,11 +19,13 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from training.presets import CONFIGS_DIR
-from training.spec import RunSpec, SafeName, SpecError
+from contracts.errors import SpecError, parse
+from contracts.files import read_mapping
+from contracts.paths import configs_dir
+from contracts.safe import SafeName
+from contracts.spec import RunSpec
 
 
 class GridBlock(BaseModel):
@@ -129,20 +131,21 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> SweepSpec:
-        return parse_sweep(yaml.safe_load(Path(path).read_text()))
+        return parse_sweep(read_mapping(path, "sweep"))
 
 
-def parse_sweep(raw: dict[str, Any]) -> SweepSpec:
-    try:
-        return SweepSpec.model_validate(raw)
-    except ValidationError as error:
-        raise SpecError.from_validation(error, "invalid sweep:\n") from None
+def parse_sweep(raw: Any) -> SweepSpec:
+    return parse(SweepSpec, raw, "sweep")
+
+
+def sweep_presets() -> list[str]:
+    """The preset names in configs/sweeps/."""
+    return sorted(p.stem for p in (configs_dir() / "sweeps").glob("*.yaml"))
 
 
 def load_named_sweep(name: str) -> SweepSpec:
     """A sweep from configs/sweeps/<name>.yaml."""
-    path = CONFIGS_DIR / "sweeps" / f"{name}.yaml"
+    path = configs_dir() / "sweeps" / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (CONFIGS_DIR / "sweeps").glob("*.yaml"))
-        raise SpecError(f"sweep: unknown sweep {name!r}; known: {', '.join(known)}")
+        raise SpecError(f"sweep: unknown sweep {name!r}; known: {', '.join(sweep_presets())}")
     return SweepSpec.from_file(path)

@@ -3,51 +3,25 @@
 A profile is operator-owned configuration (trusted), but every value still passes a
 strict character check because it is written into #SBATCH lines and shell scripts.
 Per-key overrides (the caller picks the key, e.g. a model name) let one profile give
-bigger jobs more nodes without this package knowing what the jobs are.
+bigger jobs more nodes without the job backends knowing what the jobs are.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from contracts.errors import SpecError, describe_errors
+from contracts.paths import configs_dir, project_root
+from contracts.safe import SAFE_NAME_RE, EnvName, Memory, TimeLimit, Token
+from contracts.safe import SafeName as Name
+
 CLUSTERS_DIR_ENV = "LORA_REGRET_CLUSTERS_DIR"
-
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:,=+@%/-]{1,256}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
-_MEM_RE = re.compile(r"^\d+[KMGT]?$")
-
-
-def _check(pattern: re.Pattern[str], what: str):
-    def check(value: str) -> str:
-        if not pattern.fullmatch(value) or value.startswith("-"):
-            raise ValueError(f"{value!r} is not a valid {what}")
-        return value
-
-    return check
-
-
-Token = Annotated[str, AfterValidator(_check(_TOKEN_RE, "value (letters, digits, _.:,=+@%/-)"))]
-Name = Annotated[str, AfterValidator(_check(_NAME_RE, "name (letters, digits, _.-)"))]
-EnvName = Annotated[str, AfterValidator(_check(_ENV_NAME_RE, "environment variable name"))]
-TimeLimit = Annotated[str, AfterValidator(_check(_TIME_RE, "time limit ([D-]HH:MM:SS)"))]
-Memory = Annotated[str, AfterValidator(_check(_MEM_RE, "memory size (e.g. 64G)"))]
 
 
 class Resources(BaseModel):
@@ -164,9 +138,8 @@ class ClusterProfile(BaseModel):
             try:
                 self.resources_for(key)
             except ValidationError as error:
-                first = error.errors()[0]
-                field = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"overrides.{key}.{field}: {first['msg']}") from None
+                first = describe_errors(error).splitlines()[0]
+                raise ValueError(f"overrides.{key}.{first}") from None
         return self
 
     def resources_for(self, key: str | None,
@@ -188,15 +161,15 @@ class ClusterProfile(BaseModel):
     def local_path(self, value: str) -> Path:
         """A local backend folder: relative paths are relative to the repository."""
         path = Path(value).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
+        return path if path.is_absolute() else project_root() / path
 
 
-class ProfileError(ValueError):
+class ProfileError(SpecError):
     """A profile that is missing or invalid; the message names the field."""
 
 
 def clusters_dir() -> Path:
-    return Path(os.environ.get(CLUSTERS_DIR_ENV) or REPO_ROOT / "configs" / "clusters")
+    return Path(os.environ.get(CLUSTERS_DIR_ENV) or configs_dir() / "clusters")
 
 
 def profile_names() -> list[str]:
@@ -205,14 +178,19 @@ def profile_names() -> list[str]:
 
 def load_profile(name: str) -> ClusterProfile:
     """configs/clusters/<name>.yaml (or $LORA_REGRET_CLUSTERS_DIR/<name>.yaml)."""
-    if not _NAME_RE.fullmatch(name):
+    if not SAFE_NAME_RE.fullmatch(name):
         raise ProfileError(f"cluster: {name!r} is not a profile name")
     path = clusters_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ProfileError(
             f"cluster: unknown profile {name!r}; known: {', '.join(profile_names())}"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ProfileError(f"cluster: {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"cluster: {path} must hold a mapping of settings")
     return parse_profile({"name": name, **raw})
 
 
@@ -220,10 +198,5 @@ def parse_profile(raw: dict[str, Any]) -> ClusterProfile:
     try:
         return ClusterProfile.model_validate(raw)
     except ValidationError as error:
-        lines = []
-        for item in error.errors():
-            field = ".".join(str(p) for p in item["loc"])
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{field}: {message}" if field else message)
-        raise ProfileError(f"invalid cluster profile {raw.get('name')!r}:\n" +
-                           "\n".join(lines)) from None
+        raise ProfileError(f"invalid cluster profile {raw.get('name')!r}:\n"
+                           + describe_errors(error)) from None
