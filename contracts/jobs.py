@@ -7,6 +7,7 @@ every value is shell-quoted where the script is rendered.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -59,3 +60,15 @@ class JobRequest(BaseModel):
         description="Idempotency key: one job folder per key; submitting a key again "
         "re-attaches to its job. The operator derives it from the task instance.",
     )
+    after: tuple[SafeName, ...] = Field(
+        default=(),
+        description="Keys of jobs this one waits for (whatever their outcome): SLURM "
+        "--dependency=afterany, the local backend the same.",
+    )
+
+
+def task_key(name: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """A stable, filesystem- and shell-safe job key for one task instance (not one try):
+    a retry or a clear of the same task instance finds the same job folder."""
+    digest = hashlib.sha256(f"{dag_id}\0{run_id}\0{task_id}\0{map_index}".encode())
+    return f"{name[:80]}-{digest.hexdigest()[:12]}"

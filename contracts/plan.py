@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contracts.conf import NightlyConf, SweepConf, plan_runs
+from contracts.errors import SpecError
 from contracts.evaluation import EvalJobSpec, EvalOptions
 from contracts.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest
 from contracts.outcomes import EXIT_DIVERGED, EXIT_OOM
@@ -29,7 +30,25 @@ EVAL_RESULTS_DIR = "results"
 TRAIN_ACCEPTED_EXIT_CODES = (EXIT_DIVERGED,)
 TRAIN_EXIT_CODE_STATES = {EXIT_OOM: "OUT_OF_MEMORY"}
 
+# The most runs one trigger of the sweep may plan. The DAG maps one task per run over
+# ``MAX_RUNS // MAP_CHUNK`` lists of at most ``MAP_CHUNK`` runs each (Airflow maps at most
+# ``[core] max_map_length`` = 1024 items from one list by default).
+MAX_RUNS = 4096
+MAP_CHUNK = 1024
+
 FinishedLookup = Callable[[Iterable[RunSpec]], set[str]]
+
+
+def check_size(conf: SweepConf, limit: int = MAX_RUNS) -> int:
+    """The grid's size, counted before any run is expanded or rendered; SpecError when it
+    is over ``limit`` (a grid of a million runs would take minutes and gigabytes to plan)."""
+    size = conf.sweep_spec().size()
+    if size > limit:
+        raise SpecError(
+            f"grid: {size} runs is more than one sweep may have ({limit}); use fewer values "
+            "for learning_rates, ranks, seeds, models or the engineering axes, or split the "
+            "sweep into several triggers (each with its own sweep_id)")
+    return size
 
 
 class TrainJob(BaseModel):
@@ -119,7 +138,9 @@ def eval_options(conf: SweepConf) -> EvalOptions:
 
 def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLookup) -> SweepPlan:
     """Expand the conf's grid on ``profile``, drop runs that already finished (unless
-    forced) and describe every job. Raises SpecError naming the first bad field."""
+    forced) and describe every job. Raises SpecError naming the first bad field, or the
+    grid when it has more than MAX_RUNS runs (checked before anything is expanded)."""
+    check_size(conf)
     per_model = {m: profile.resources_for(m).job_settings for m in load_presets()}
     specs = plan_runs(conf, per_model=per_model, output_dir=profile.outputs_dir)
     done = set() if conf.force else finished(specs)

@@ -121,7 +121,20 @@ class ClusterProfile(BaseModel):
         description="Variables copied from the submitting side's environment into the job.",
     )
     sbatch_options: tuple[Token, ...] = ()
-    poll_interval: float = Field(default=30.0, gt=0, le=3600)
+    poll_interval: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds between state queries; one query covers every job sensed on the "
+        "cluster (all its job ids at once, over one SSH connection).")
+    outage_budget_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86400,
+        description="How long sensing waits through an SSH or scheduler outage (seconds) "
+        "before it fails the task naming the job id; the retry (or a clear) re-attaches "
+        "to the job, which kept running.")
+    max_jobs_per_sweep: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="Most jobs of one sweep on the cluster at once: each training job waits "
+        "(SLURM --dependency=afterany, locally the same) for the one this many places before "
+        "it, so at most this many run at once. None: all run as the scheduler allows.")
     resources: Resources = Resources()
     overrides: dict[Name, dict[str, Any]] = Field(default_factory=dict)
 

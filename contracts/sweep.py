@@ -48,6 +48,16 @@ class GridBlock(BaseModel):
             raise ValueError("ranks: at least one rank is needed when methods include 'lora'")
         return self
 
+    def size(self) -> int:
+        """How many runs the block expands into (before duplicates are dropped), counted
+        without building them."""
+        per_method = sum(len(self.ranks) if method == "lora" else 1 for method in self.methods)
+        layouts = 1
+        for axis in (self.nodes, self.gpus_per_node, self.zero_stages, self.per_device_batches):
+            layouts *= max(len(axis), 1)
+        return len(self.models) * len(self.learning_rates) * len(self.seeds) * per_method \
+            * layouts
+
     def layouts(self) -> list[dict[str, Any]]:
         """Every combination of the block's infrastructure axes, as RunSpec settings."""
         axes = {"nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
@@ -82,6 +92,10 @@ class SweepSpec(BaseModel):
         if clash:
             raise ValueError(f"run: {sorted(clash)} are grid axes; set them in grids")
         return self
+
+    def size(self) -> int:
+        """Runs in the grid (an upper bound: identical runs of two blocks count twice)."""
+        return sum(block.size() for block in self.grids)
 
     def _batch(self, raw: dict[str, Any]) -> dict[str, Any]:
         """``raw`` with grad_accum derived from the global batch to keep (fixed_global)."""

@@ -98,17 +98,18 @@ def test_retry_reattaches_to_the_submitted_job(slurm_profile: ClusterProfile,
 
 def test_unknown_connection_fails_without_retry_storm(slurm_profile: ClusterProfile) -> None:
     """A dropped/unreachable SSH endpoint is transient: the trigger reports an error
-    event after its reconnect budget (the operator then raises a retryable error)."""
+    event naming the job once its outage budget is spent (the operator then raises a
+    retryable error, whose retry re-attaches)."""
     os.environ["AIRFLOW_CONN_LR_DEAD"] = json.dumps(
         {"conn_type": "ssh", "host": "127.0.0.1", "port": 1, "login": "nobody"})
     try:
         profile = slurm_profile.model_copy(update={"ssh_conn_id": "lr_dead"})
         trigger = ClusterJobTrigger(profile=profile.model_dump(), job_id="1", key="x",
-                                    max_reconnect_attempts=1)
+                                    outage_budget_s=1)
         event = sense(trigger)
     finally:
         os.environ.pop("AIRFLOW_CONN_LR_DEAD")
-    assert event["error"] and "connection" in event["error"]
+    assert event["error"] and "unreachable" in event["error"] and "job 1 " in event["error"]
     operator = ClusterJobOperator(task_id="t", job={"name": "x", "argv": ["true"]},
                                   profile=profile.model_dump())
     with pytest.raises(Exception) as raised:

@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cluster_jobs.local_runner import RESULT_FILE, STARTED_FILE
+from cluster_jobs.local_runner import AFTER_FILE, RESULT_FILE, STARTED_FILE, WAITING_FILE
+from cluster_jobs.results import JobReport, SubmitOutcome
 from cluster_jobs.script import render_script
 from contracts.jobs import (
     EXIT_CODE_FILE,
@@ -32,6 +33,7 @@ from contracts.states import JobState, JobStatus
 PID_FILE = "runner.pid"
 LOCK_FILE = "runner.lock"
 CANCEL_FILE = "cancel_requested"
+CANCEL_WAIT_S = 30.0  # the runner stops its job within KILL_WAIT_S, then writes its result
 
 
 class LocalJobs:
@@ -41,11 +43,22 @@ class LocalJobs:
         self.profile = profile
         self.work_dir = profile.local_path(profile.work_dir)
 
+    def __enter__(self) -> LocalJobs:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to close: the interface matches the SLURM session's."""
+
     def job_dir(self, job_id: str) -> Path:
         return self.work_dir / job_id
 
-    def submit(self, request: JobRequest, environ: Mapping[str, str]) -> tuple[str, bool]:
+    def submit(self, request: JobRequest, environ: Mapping[str, str],
+               depends_on: Sequence[str] = ()) -> tuple[str, bool]:
         """Start the job, or find the one already started for this key (a task retry).
+        It waits for the jobs of ``depends_on`` (keys) whose folders name one.
 
         Returns (job id, re-attached?); the job id is the key."""
         if request.key is None:
@@ -57,6 +70,10 @@ class LocalJobs:
         job_dir.mkdir(parents=True, exist_ok=True)
         for name, content in request.files.items():
             (job_dir / name).write_text(content)
+        after = [str(self.job_dir(k)) for k in depends_on
+                 if (self.job_dir(k) / JOB_ID_FILE).is_file()]
+        if after:
+            (job_dir / AFTER_FILE).write_text("\n".join(after) + "\n")
         env_in = {k: environ[k] for k in self.profile.pass_env if k in environ}
         script = render_script(self.profile, request, str(job_dir), env_in)
         (job_dir / SCRIPT_FILE).write_text(script)
@@ -119,10 +136,11 @@ class LocalJobs:
         if not (job_dir / JOB_ID_FILE).is_file():
             return JobStatus(job_id=job_id, state=JobState.FAILED, reason="unknown job")
         if self._runner_alive(job_dir):
-            started = (job_dir / STARTED_FILE).is_file()
-            return JobStatus(job_id=job_id,
-                             state=JobState.RUNNING if started else JobState.PENDING,
-                             reason="" if started else "waiting for a free local job slot")
+            if (job_dir / STARTED_FILE).is_file():
+                return JobStatus(job_id=job_id, state=JobState.RUNNING)
+            waiting = job_dir / WAITING_FILE
+            reason = waiting.read_text().strip() if waiting.is_file() else "starting"
+            return JobStatus(job_id=job_id, state=JobState.PENDING, reason=reason)
         if result_file.is_file():  # finished between the two checks
             return self.status(job_id, key)
         if (job_dir / CANCEL_FILE).is_file():
@@ -142,6 +160,58 @@ class LocalJobs:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)  # the runner stops the job's group
 
+    def running_jobs(self) -> list[str]:
+        """Job ids (keys) whose runner is alive: queued, waiting or running."""
+        if not self.work_dir.is_dir():
+            return []
+        return sorted(d.name for d in self.work_dir.iterdir()
+                      if d.is_dir() and (d / JOB_ID_FILE).is_file() and self._runner_alive(d))
+
+    def stop_all(self, wait_s: float = CANCEL_WAIT_S) -> list[str]:
+        """Cancel every job of this work folder that still runs or waits; returns them."""
+        running = self.running_jobs()
+        self.cancel_many(running, wait_s)
+        return running
+
+    # -- batches (the SLURM session's interface) ------------------------------------------
+
+    def submit_many(self, items: Sequence[tuple[JobRequest, Sequence[str]]],
+                    environ: Mapping[str, str]) -> list[SubmitOutcome]:
+        outcomes = []
+        for request, depends_on in items:
+            try:
+                job_id, reattached = self.submit(request, environ, depends_on)
+            except (OSError, ValueError) as error:
+                outcomes.append(SubmitOutcome(key=str(request.key), result="error",
+                                              error=str(error)))
+                continue
+            outcomes.append(SubmitOutcome(key=job_id, job_id=job_id,
+                                          result="existing" if reattached else "submitted"))
+        return outcomes
+
+    def existing_many(self, keys: Sequence[str]) -> dict[str, str]:
+        return {key: job_id for key in keys if (job_id := self.existing(key)) is not None}
+
+    def reports(self, jobs: Mapping[str, str]) -> dict[str, JobReport]:
+        return {job_id: JobReport(self.status(job_id, key)) for job_id, key in jobs.items()}
+
+    def archive_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.archive(key)
+
+    def cancel_many(self, job_ids: Sequence[str], wait_s: float = CANCEL_WAIT_S) -> None:
+        """Cancel, then wait until each runner has written its result: a folder moved
+        aside before that would have its runner write into the path of a new job."""
+        for job_id in job_ids:
+            self.cancel(job_id)
+        deadline = time.monotonic() + wait_s
+        for job_id in job_ids:
+            while self._runner_alive(self.job_dir(job_id)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def log_tails(self, keys: Sequence[str], lines: int = 40) -> dict[str, str]:
+        return {key: self.log_tail(key, lines) for key in keys}
+
     def log_tail(self, key: str, lines: int = 40) -> str:
         log = self.job_dir(key) / LOG_FILE
         if not log.is_file():
@@ -151,3 +221,33 @@ class LocalJobs:
             handle.seek(max(0, handle.tell() - 64 * 1024))
             text = handle.read().decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+def main(argv: list[str]) -> int:
+    """``python -m cluster_jobs.local list|stop [PROFILE]``: the local jobs of a profile
+    (default ``local``) that still run or wait, or stop them (``make down`` does)."""
+    from contracts.profiles import ProfileError, load_profile
+
+    if not argv or argv[0] not in {"list", "stop"}:
+        print("usage: python -m cluster_jobs.local list|stop [PROFILE]", file=sys.stderr)
+        return 2
+    try:
+        profile = load_profile(argv[1] if len(argv) > 1 else "local")
+    except ProfileError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if profile.backend != "local":
+        print(f"profile {profile.name!r} is not a local profile", file=sys.stderr)
+        return 2
+    jobs = LocalJobs(profile)
+    names = jobs.stop_all() if argv[0] == "stop" else jobs.running_jobs()
+    verb = "stopped" if argv[0] == "stop" else "running or waiting"
+    for name in names:
+        print(f"{verb}: {jobs.job_dir(name)}  (log: {jobs.job_dir(name) / LOG_FILE})")
+    if not names:
+        print(f"no local jobs {verb if argv[0] == 'list' else 'to stop'} in {jobs.work_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

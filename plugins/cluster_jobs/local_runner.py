@@ -2,8 +2,10 @@
 
 Started detached (its own session) by the local backend, so the job outlives the Airflow
 task that submitted it; the result file is how the backend learns the outcome later.
-With a slot limit, the runner first waits for one of N slot locks in SLOTS_DIR (the job is
-PENDING until then), so at most N local jobs run at once, in no particular order.
+A job may depend on others (their folders listed in AFTER_FILE): the runner first waits
+until each of them has ended (has a result) or is gone. With a slot limit, the runner then
+waits for one of N slot locks in SLOTS_DIR, so at most N local jobs run at once, in no
+particular order. While it waits the job is PENDING, with the reason in WAITING_FILE.
 Usage: python -m cluster_jobs.local_runner JOB_DIR TIME_LIMIT_SECONDS [SLOTS_DIR N]
 """
 
@@ -24,12 +26,30 @@ from contracts.states import JobState
 
 RESULT_FILE = "result.json"
 STARTED_FILE = "started"
+AFTER_FILE = ".after"  # dot files cannot be request files (contracts.safe.FileName)
+WAITING_FILE = ".waiting"
 KILL_WAIT_S = 10
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+def wait_for_dependencies(job_dir: Path, cancelled) -> bool:
+    """Wait until every job listed in AFTER_FILE has a result (or its folder is gone);
+    False if cancelled meanwhile."""
+    after = job_dir / AFTER_FILE
+    folders = [Path(line) for line in after.read_text().splitlines() if line.strip()] \
+        if after.is_file() else []
+    while not cancelled():
+        waiting = [f for f in folders if f.is_dir() and not (f / RESULT_FILE).is_file()]
+        if not waiting:
+            return True
+        (job_dir / WAITING_FILE).write_text(
+            f"waiting for {len(waiting)} job(s) it depends on, e.g. {waiting[0].name}")
+        time.sleep(0.5)
+    return False
 
 
 def wait_for_slot(slots_dir: Path, slots: int, cancelled) -> int | None:
@@ -65,6 +85,10 @@ def run(job_dir: Path, time_limit_s: float, slots_dir: Path | None = None,
         cancelled = True
 
     signal.signal(signal.SIGTERM, on_term)
+    if not wait_for_dependencies(job_dir, lambda: cancelled):
+        _write_result(job_dir, JobState.CANCELLED, None)
+        return JobState.CANCELLED
+    (job_dir / WAITING_FILE).write_text("waiting for a free local job slot")
     if slots_dir is not None and slots > 0 and \
             wait_for_slot(slots_dir, slots, lambda: cancelled) is None:
         _write_result(job_dir, JobState.CANCELLED, None)

@@ -1,26 +1,26 @@
-"""SLURM over SSH: the shell commands, their parsers, and a hook that runs them.
+"""SLURM over SSH: the shell scripts, their parsers, and a blocking session that runs them.
 
-Commands are built here once and run either through the blocking Airflow ``SSHHook``
-(submit, cancel: on a worker) or an asyncssh connection (state and log polls: in the
-triggerer). Every interpolated value is shell-quoted; file contents travel base64-encoded
-so nothing in them can be read as shell syntax.
+Every operation works on many jobs at once, so a sweep costs one SSH connection and a few
+remote commands, not a connection and a query per job: one ``squeue`` for the states of
+all jobs (the way submitit's and snakemake's SLURM executors poll), one script for all
+submissions. The scripts travel on the remote shell's stdin (no command-line limit);
+every interpolated value is shell-quoted and file contents travel base64-encoded, so
+nothing in them can be read as shell syntax. The async side (the triggerer's poller)
+runs the same scripts over asyncssh.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import secrets
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+from cluster_jobs.results import JobReport, SubmitOutcome
 from cluster_jobs.script import render_script
-from contracts.jobs import (
-    EXIT_CODE_FILE,
-    JOB_ID_FILE,
-    LOG_FILE,
-    SCRIPT_FILE,
-    JobRequest,
-)
+from contracts.jobs import EXIT_CODE_FILE, JOB_ID_FILE, LOG_FILE, SCRIPT_FILE, JobRequest
 from contracts.profiles import ClusterProfile
 from contracts.states import JobAccounting, JobState, JobStatus
 
@@ -66,9 +66,12 @@ def from_slurm(name: str) -> JobState:
     raise ValueError(f"unknown SLURM job state {name!r}")
 
 
-
 _JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
-SSH_COMMAND_TIMEOUT_S = 60.0
+SSH_COMMAND_TIMEOUT_S = 120.0
+LOG_TAIL_LINES = 40
+# What a SLURM client prints when the controller is busy, down or rate-limiting its RPCs
+# (slurmctld's rl_enable, Slurm >= 23.02): wait and ask again, the jobs are unaffected.
+SCHEDULER_BUSY_EXIT = 75
 
 
 class SlurmError(RuntimeError):
@@ -77,6 +80,10 @@ class SlurmError(RuntimeError):
 
 class TransientError(RuntimeError):
     """The connection to the cluster failed; retrying may succeed."""
+
+
+class SchedulerBusy(TransientError):
+    """The scheduler did not answer (down, overloaded, rate limiting): back off."""
 
 
 def check_job_id(job_id: str) -> str:
@@ -90,140 +97,111 @@ def remote_job_dir(profile: ClusterProfile, key: str) -> str:
     return f"{profile.work_dir.rstrip('/')}/{key}"
 
 
+# -- submission ------------------------------------------------------------------------------
+
 def _write_file(path: str, content: str) -> str:
     encoded = base64.b64encode(content.encode()).decode()
     return f"printf %s {encoded} | base64 -d > {shlex.quote(path)}"
 
 
-def submit_command(
-    profile: ClusterProfile, request: JobRequest, pass_env: Mapping[str, str]
-) -> str:
-    """One idempotent shell command: if the job folder already names a job, print its id
-    (a retried task re-attaches); otherwise write the files and script, sbatch, record."""
+def _submit_one(profile: ClusterProfile, request: JobRequest, depends_on: Sequence[str],
+                pass_env: Mapping[str, str]) -> str:
+    """One job's part of the submit script, run in a subshell so a failure stays its own:
+    if the job folder already names a job, print it (a retry re-attaches); otherwise write
+    the files and script and sbatch it, after the jobs of ``depends_on`` (keys) if their
+    folders name one."""
     if request.key is None:
         raise SlurmError("key: a SLURM job needs an idempotency key")
-    job_dir = remote_job_dir(profile, request.key)
-    qdir = shlex.quote(job_dir)
-    # The script needs an absolute folder for #SBATCH --chdir/--output: resolve it first.
-    lines = [
-        "set -e",
-        f"mkdir -p {qdir}",
-        f"cd {qdir}",
-        f"if [ -s {JOB_ID_FILE} ]; then echo \"existing $(cat {JOB_ID_FILE})\"; exit 0; fi",
-        'JOB_DIR="$(pwd -P)"',
-        'case "$JOB_DIR" in *[!A-Za-z0-9_./:@+=-]*) echo "unsafe job folder" >&2; exit 2;; esac',
-    ]
-    lines += [_write_file(name, content) for name, content in request.files.items()]
+    key = request.key
+    qdir = shlex.quote(remote_job_dir(profile, key))
     placeholder = "@@JOB_DIR@@"
     script = render_script(profile, request, placeholder, dict(pass_env))
-    lines += [
+    deps = [f'd=$(cat {shlex.quote(remote_job_dir(profile, k))}/{JOB_ID_FILE} 2>/dev/null) '
+            '&& deps="$deps:$d"' for k in depends_on]
+    body = [
+        f"mkdir -p {qdir}",
+        f"cd {qdir}",
+        f'if [ -s {JOB_ID_FILE} ]; then echo "existing {key} $(cat {JOB_ID_FILE})"; exit 0; fi',
+        # The script needs an absolute folder for #SBATCH --chdir/--output.
+        'JOB_DIR="$(pwd -P)"',
+        'case "$JOB_DIR" in *[!A-Za-z0-9_./:@+=-]*) echo "unsafe job folder" >&2; exit 2;; esac',
+        *[_write_file(name, content) for name, content in request.files.items()],
         _write_file(SCRIPT_FILE + ".in", script),
         f'sed "s|{placeholder}|$JOB_DIR|g" {SCRIPT_FILE}.in > {SCRIPT_FILE}',
         f"rm -f {SCRIPT_FILE}.in",
-        f"id=$(sbatch --parsable {SCRIPT_FILE})",
-        'id="${id%%;*}"',
+        'deps=""',
+        *deps,
+        f'out=$(sbatch --parsable ${{deps:+--dependency=afterany$deps}} {SCRIPT_FILE} 2>&1) '
+        '|| { echo "$out" >&2; exit 3; }',
+        'id="${out##*$\'\\n\'}"; id="${id%%;*}"',
         f'echo "$id" > {JOB_ID_FILE}.tmp && mv {JOB_ID_FILE}.tmp {JOB_ID_FILE}',
-        'echo "submitted $id"',
+        f'echo "submitted {key} $id"',
     ]
-    return "\n".join(lines)
+    inner = "\n".join(body)
+    return (f"( set -e\n{inner}\n) 2>\"$errs\" || echo \"error {key} "
+            f"$(tail -c 2000 \"$errs\" | base64 -w0)\"")
 
 
-def parse_submit(stdout: str) -> tuple[str, bool]:
-    """(job id, re-attached?) from the submit command's last line."""
-    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    word, _, job_id = last.partition(" ")
-    if word not in {"existing", "submitted"}:
-        raise SlurmError(f"unexpected sbatch output: {stdout.strip()[-500:]!r}")
-    return check_job_id(job_id.strip()), word == "existing"
+def submit_script(profile: ClusterProfile,
+                  items: Sequence[tuple[JobRequest, Sequence[str]]],
+                  pass_env: Mapping[str, str]) -> str:
+    """One script submitting every (request, keys it depends on), in order: a job that
+    depends on another of the same script comes after it."""
+    parts = ['errs=$(mktemp)', 'trap \'rm -f "$errs"\' EXIT']
+    parts += [_submit_one(profile, request, deps, pass_env) for request, deps in items]
+    return "\n".join(parts) + "\n"
 
 
-def status_command(job_id: str, job_dir: str) -> str:
-    """State from scontrol (live and recent jobs), then sacct (accounting or the jobcomp
-    file), then the exit code file the job script writes (scheduler forgot the job)."""
-    jid = shlex.quote(check_job_id(job_id))
-    qdir = shlex.quote(job_dir)
-    return "\n".join([
-        f"if out=$(scontrol show job -o {jid} 2>/dev/null); then",
-        '  echo "scontrol $out"; exit 0',
-        "fi",
-        f"out=$(sacct -n -P -X -j {jid} -o State,ExitCode 2>/dev/null | tail -n1) || out=''",
-        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
-        f"out=$(sacct -c -n -P -j {jid} -o State,ExitCode 2>/dev/null | tail -n1) || out=''",
-        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
-        f"if [ -f {qdir}/{EXIT_CODE_FILE} ]; then echo \"exitfile $(cat {qdir}/{EXIT_CODE_FILE})\";"
-        " exit 0; fi",
-        "echo unknown",
-    ])
+def parse_submit(stdout: str, keys: Sequence[str]) -> list[SubmitOutcome]:
+    """One SubmitOutcome per key, in order; a key the script never reported is an error."""
+    found: dict[str, SubmitOutcome] = {}
+    for line in stdout.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        key, _, value = rest.partition(" ")
+        if word in {"existing", "submitted"}:
+            found[key] = SubmitOutcome(key=key, result=word, job_id=check_job_id(value.strip()))
+        elif word == "error":
+            message = base64.b64decode(value.strip() or b"").decode("utf-8", "replace")
+            found[key] = SubmitOutcome(key=key, result="error",
+                                       error=message.strip() or "sbatch failed")
+    return [found.get(k) or SubmitOutcome(key=k, result="error",
+                                          error="the submit script did not report this job")
+            for k in keys]
 
 
-def _exit_code(text: str) -> tuple[int | None, int | None]:
-    code, _, sig = text.partition(":")
-    try:
-        return int(code), int(sig or 0)
-    except ValueError:
-        return None, None
+# -- states: one squeue for all jobs, a fallback for jobs it no longer knows -----------------
+
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,exit_code:|,TimeUsed:|,tres-alloc:|,NumNodes:|"
+_BUSY_CHECK = [
+    "rc=$?",
+    'if [ $rc -ne 0 ]; then',
+    '  case "$out" in *"Invalid job id"*) exit 0;; esac',  # squeue -j ONE_UNKNOWN_ID
+    f'  printf "%s\\n" "$out" >&2; exit {SCHEDULER_BUSY_EXIT}',
+    "fi",
+]
 
 
-def parse_status(job_id: str, stdout: str) -> JobStatus:
-    text = stdout.strip()
-    source, _, rest = text.partition(" ")
-    if source == "scontrol":
-        fields = dict(re.findall(r"(\w+)=(\S*)", rest))
-        code, sig = _exit_code(fields.get("ExitCode", ""))
-        state = from_slurm(fields.get("JobState", ""))
-        return JobStatus(job_id=job_id, state=state, exit_code=code, signal=sig,
-                         reason=fields.get("Reason", ""))
-    if source == "sacct":
-        state_text, _, code_text = rest.partition("|")
-        code, sig = _exit_code(code_text)
-        return JobStatus(job_id=job_id, state=from_slurm(state_text), exit_code=code,
-                         signal=sig)
-    if source == "exitfile":
-        code = int(rest) if rest.strip().isdigit() else None
-        state = JobState.COMPLETED if code == 0 else JobState.FAILED
-        return JobStatus(job_id=job_id, state=state, exit_code=code,
-                         reason="read from the job's exit code file")
-    return JobStatus(job_id=job_id, state=JobState.FAILED,
-                     reason="SLURM does not know this job and it left no exit code")
+def states_script(job_ids: Iterable[str]) -> str:
+    """The state, exit code and allocation of every job SLURM still knows (live ones and
+    those ended within MinJobAge): one ``squeue`` call, one controller RPC."""
+    ids = ",".join(check_job_id(j) for j in job_ids)
+    return "\n".join([f"out=$(squeue -h -t all -j {ids} -O {shlex.quote(SQUEUE_FIELDS)} 2>&1)",
+                      *_BUSY_CHECK, 'printf "%s\\n" "$out"']) + "\n"
 
 
-# What slurmstepd writes into the job's output when it kills a job for its memory: with
-# task/cgroup the state is OUT_OF_MEMORY, but with jobacct_gather's OverMemoryKill (no
-# cgroups, as in containers) it is FAILED or CANCELLED and only the log says why.
-MEMORY_KILL_MARKERS = ("exceeded memory limit", "exceeded job memory limit",
-                       "oom-kill event", "oom_kill event", "out of memory")
-
-
-def memory_killed(log_tail: str) -> bool:
-    lines = [line.lower() for line in log_tail.splitlines() if "slurmstepd" in line.lower()]
-    return any(marker in line for line in lines for marker in MEMORY_KILL_MARKERS)
-
-
-def classify_end(status: JobStatus, log_tail: str) -> JobStatus:
-    """A job SLURM killed for its memory is OUT_OF_MEMORY, whatever state it reports."""
-    if status.state in (JobState.FAILED, JobState.CANCELLED) and memory_killed(log_tail):
-        return status.model_copy(update={
-            "state": JobState.OUT_OF_MEMORY,
-            "reason": "slurmstepd killed the job: it exceeded its memory limit"})
-    return status
-
-
-def accounting_command(job_id: str) -> str:
-    """Elapsed time and allocated resources of a finished job: sacct (accounting storage),
-    else scontrol (recent jobs), else the jobcomp file (elapsed only)."""
-    jid = shlex.quote(check_job_id(job_id))
-    return "\n".join([
-        f"out=$(sacct -n -P -X -j {jid} -o ElapsedRaw,AllocTRES,NNodes 2>/dev/null | tail -n1)"
-        " || out=''",
-        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
-        f"if out=$(scontrol show job -o {jid} 2>/dev/null); then",
-        '  echo "scontrol $out"; exit 0',
-        "fi",
-        f"out=$(sacct -c -n -P -j {jid} -o ElapsedRaw,AllocTRES,NNodes 2>/dev/null | tail -n1)"
-        " || out=''",
-        'if [ -n "$out" ]; then echo "sacct $out"; exit 0; fi',
-        "echo unknown",
-    ])
+def forgotten_script(jobs: Mapping[str, str]) -> str:
+    """For jobs ``squeue`` no longer knows (job id -> folder): accounting (sacct), the
+    jobcomp file (sacct -c), then the exit code file the job script writes."""
+    ids = ",".join(check_job_id(j) for j in jobs)
+    fields = "State,ExitCode,ElapsedRaw,AllocTRES,NNodes"
+    lines = [
+        f"sacct -n -P -X -j {ids} -o JobIDRaw,{fields} 2>/dev/null | sed 's/^/a|/'",
+        f"sacct -c -n -P -j {ids} -o JobID,{fields} 2>/dev/null | sed 's/^/c|/'",
+    ]
+    for job_id, job_dir in jobs.items():
+        exit_file = f"{shlex.quote(job_dir)}/{EXIT_CODE_FILE}"
+        lines.append(f'if [ -f {exit_file} ]; then echo "x|{job_id}|$(cat {exit_file})"; fi')
+    return "\n".join(lines) + "\n"
 
 
 def _seconds(text: str) -> float | None:
@@ -248,96 +226,288 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def parse_accounting(stdout: str) -> JobAccounting | None:
-    text = stdout.strip()
-    source, _, rest = text.partition(" ")
-    if source == "sacct":
-        elapsed, tres_text, nodes = (rest.split("|") + ["", "", ""])[:3]
-        tres = _tres(tres_text)
-        gpus = _int(tres.get("gres/gpu")) if tres else None
-        return JobAccounting(
-            elapsed_s=float(elapsed) if elapsed.strip().isdigit() else None,
-            nodes=_int(nodes) or _int(tres.get("node")),
-            gpus=gpus if gpus is not None else (0 if tres else None),
-            tres=tres_text, source="sacct")
-    if source == "scontrol":
-        fields = dict(re.findall(r"(\w+)=(\S*)", rest))
-        tres_text = fields.get("TRES", "")
-        tres = _tres(tres_text)
-        return JobAccounting(
-            elapsed_s=_seconds(fields.get("RunTime", "")), nodes=_int(fields.get("NumNodes")),
-            gpus=_int(tres.get("gres/gpu")) or 0, tres=tres_text, source="scontrol")
-    return None
+def _accounting(elapsed_s: float | None, tres_text: str, nodes: str,
+                source: str) -> JobAccounting:
+    tres = _tres(tres_text)
+    return JobAccounting(elapsed_s=elapsed_s, nodes=_int(nodes) or _int(tres.get("node")),
+                         gpus=_int(tres.get("gres/gpu")) or 0 if tres else None,
+                         tres=tres_text, source=source)
 
 
-def cancel_command(job_id: str) -> str:
-    return f"scancel {shlex.quote(check_job_id(job_id))}"
+def _state(text: str, job_id: str) -> tuple[JobState, str]:
+    try:
+        return from_slurm(text), ""
+    except ValueError:  # a state this code does not know yet: keep waiting, say so
+        return JobState.RUNNING, f"unknown SLURM state {text!r}"
 
 
-def log_tail_command(job_dir: str, lines: int = 40) -> str:
-    return f"tail -n {int(lines)} {shlex.quote(job_dir)}/{LOG_FILE} 2>/dev/null || true"
+def parse_states(stdout: str) -> dict[str, JobReport]:
+    """squeue lines (``id|STATE|Reason|wait status|TimeUsed|TRES|nodes|``) -> reports."""
+    reports: dict[str, JobReport] = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) < 7 or not _JOB_ID_RE.fullmatch(fields[0]):
+            continue
+        job_id, state_text, reason, status, used, tres, nodes = fields[:7]
+        state, unknown = _state(state_text, job_id)
+        raw = _int(status) or 0
+        code, sig = (raw >> 8, raw & 0x7F) if state.finished else (None, None)
+        accounting = (_accounting(_seconds(used), tres, nodes, "squeue")
+                      if state.finished else None)
+        reports[job_id] = JobReport(
+            JobStatus(job_id=job_id, state=state, exit_code=code, signal=sig or None,
+                      reason=unknown or reason),
+            accounting)
+    return reports
+
+
+def _exit_code(text: str) -> tuple[int | None, int | None]:
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), int(sig or 0)
+    except ValueError:
+        return None, None
+
+
+def parse_forgotten(stdout: str, job_ids: Iterable[str]) -> dict[str, JobReport]:
+    """Reports for jobs squeue no longer knows: sacct first, then jobcomp, then the exit
+    code file; a job none of them knows failed ("SLURM does not know this job")."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for line in stdout.splitlines():
+        source, _, rest = line.strip().partition("|")
+        fields = rest.split("|")
+        if source in {"a", "c", "x"} and fields and _JOB_ID_RE.fullmatch(fields[0]):
+            found.setdefault(fields[0], {}).setdefault(source, fields[1:])
+    reports = {}
+    for job_id in job_ids:
+        seen = found.get(job_id, {})
+        for source, name in (("a", "sacct"), ("c", "sacct")):
+            if source in seen:
+                state_text, code_text, elapsed, tres, nodes = (seen[source] + [""] * 5)[:5]
+                code, sig = _exit_code(code_text)
+                state, unknown = _state(state_text, job_id)
+                elapsed_s = float(elapsed) if elapsed.strip().isdigit() else None
+                reports[job_id] = JobReport(
+                    JobStatus(job_id=job_id, state=state, exit_code=code, signal=sig or None,
+                              reason=unknown),
+                    _accounting(elapsed_s, tres, nodes, name))
+                break
+        else:
+            code_text = (seen.get("x") or [""])[0].strip()
+            if code_text.isdigit():
+                code = int(code_text)
+                reports[job_id] = JobReport(JobStatus(
+                    job_id=job_id, state=JobState.COMPLETED if code == 0 else JobState.FAILED,
+                    exit_code=code, reason="read from the job's exit code file"))
+            else:
+                reports[job_id] = JobReport(JobStatus(
+                    job_id=job_id, state=JobState.FAILED,
+                    reason="SLURM does not know this job and it left no exit code"))
+    return reports
+
+
+# What slurmstepd writes into the job's output when it kills a job for its memory: with
+# task/cgroup the state is OUT_OF_MEMORY, but with jobacct_gather's OverMemoryKill (no
+# cgroups, as in containers) it is FAILED or CANCELLED and only the log says why.
+MEMORY_KILL_MARKERS = ("exceeded memory limit", "exceeded job memory limit",
+                       "oom-kill event", "oom_kill event", "out of memory")
+
+
+def memory_killed(log_tail: str) -> bool:
+    lines = [line.lower() for line in log_tail.splitlines() if "slurmstepd" in line.lower()]
+    return any(marker in line for line in lines for marker in MEMORY_KILL_MARKERS)
+
+
+def classify_end(status: JobStatus, log_tail: str) -> JobStatus:
+    """A job SLURM killed for its memory is OUT_OF_MEMORY, whatever state it reports."""
+    if status.state in (JobState.FAILED, JobState.CANCELLED) and memory_killed(log_tail):
+        return status.model_copy(update={
+            "state": JobState.OUT_OF_MEMORY,
+            "reason": "slurmstepd killed the job: it exceeded its memory limit"})
+    return status
+
+
+# -- folders, logs, cancellation ----------------------------------------------------------------
+
+def existing_script(profile: ClusterProfile, keys: Iterable[str]) -> str:
+    """``KEY JOB_ID`` for every key whose folder already names a job."""
+    lines = []
+    for key in keys:
+        id_file = f"{shlex.quote(remote_job_dir(profile, key))}/{JOB_ID_FILE}"
+        lines.append(f'if [ -s {id_file} ]; then echo "{key} $(cat {id_file})"; fi')
+    return "\n".join(lines) + "\n"
+
+
+def parse_existing(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        key, _, job_id = line.strip().partition(" ")
+        if key and job_id:
+            out[key] = check_job_id(job_id.strip())
+    return out
+
+
+def archive_script(profile: ClusterProfile, keys: Iterable[str]) -> str:
+    """Move finished jobs' folders aside, so their keys can run again."""
+    return "\n".join(
+        f'if [ -d {(d := shlex.quote(remote_job_dir(profile, key)))} ]; then '
+        f'mv {d} {d}.ended-"$(date +%s%N)"; fi' for key in keys) + "\n"
+
+
+def log_tails_script(job_dirs: Mapping[str, str], lines: int = LOG_TAIL_LINES
+                     ) -> tuple[str, str]:
+    """(script, marker): the last lines of each job's log (key -> folder), each after a
+    marker line that no log contains."""
+    marker = f"@@cluster_jobs-{secrets.token_hex(8)}@@"
+    script = "\n".join(
+        f'echo "{marker} {key}"; tail -n {int(lines)} {shlex.quote(job_dir)}/{LOG_FILE} '
+        "2>/dev/null || true" for key, job_dir in job_dirs.items()) + "\n"
+    return script, marker
+
+
+def parse_log_tails(stdout: str, marker: str) -> dict[str, str]:
+    tails: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(marker + " "):
+            current = tails.setdefault(line[len(marker) + 1:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {key: "\n".join(lines) for key, lines in tails.items()}
+
+
+def cancel_script(job_ids: Iterable[str]) -> str:
+    return "scancel " + " ".join(shlex.quote(check_job_id(j)) for j in job_ids) + "\n"
 
 
 def pass_env_values(profile: ClusterProfile, environ: Mapping[str, str]) -> dict[str, str]:
     return {name: environ[name] for name in profile.pass_env if name in environ}
 
 
+# -- the blocking session (submissions and checks from a worker) ---------------------------------
+
 class SlurmJobs:
-    """Blocking SLURM operations over the profile's Airflow SSH connection."""
+    """Blocking SLURM operations over one SSH connection to the profile's login node,
+    opened on first use and kept for the session (``with SlurmJobs(profile) as jobs``)."""
 
     def __init__(self, profile: ClusterProfile) -> None:
         self.profile = profile
+        self._client: Any = None
+        self.connections_opened = 0
+        self.commands_run = 0
 
-    def _run(self, command: str) -> tuple[int, str, str]:
-        """Run one command; the command itself is not logged (it carries the job's
-        environment, which may hold credentials)."""
-        import paramiko
+    def __enter__(self) -> SlurmJobs:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _connect(self) -> Any:
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
+        client = SSHHook(ssh_conn_id=self.profile.ssh_conn_id).get_conn()
+        self.connections_opened += 1
+        return client
+
+    def run(self, script: str) -> tuple[int, str, str]:
+        """Run one script (on the remote shell's stdin). The script is not logged: it
+        carries the jobs' environment, which may hold credentials."""
+        import paramiko
+
         try:
-            hook = SSHHook(ssh_conn_id=self.profile.ssh_conn_id)
-            with hook.get_conn() as client:
-                _, stdout, stderr = client.exec_command(command, timeout=SSH_COMMAND_TIMEOUT_S)
-                out = stdout.read()
-                err = stderr.read()
-                code = stdout.channel.recv_exit_status()
+            if self._client is None:
+                self._client = self._connect()
+            stdin, stdout, stderr = self._client.exec_command(
+                "bash -s", timeout=SSH_COMMAND_TIMEOUT_S)
+            stdin.write(script)
+            stdin.channel.shutdown_write()
+            out = stdout.read()
+            err = stderr.read()
+            code = stdout.channel.recv_exit_status()
+            self.commands_run += 1
         except (OSError, EOFError, paramiko.SSHException) as error:
+            self.close()
             raise TransientError(f"SSH to the cluster failed: {error}") from error
         return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
-    def submit(self, request: JobRequest, environ: Mapping[str, str]) -> tuple[str, bool]:
-        command = submit_command(self.profile, request, pass_env_values(self.profile, environ))
-        code, out, err = self._run(command)
+    def _checked(self, script: str, what: str) -> str:
+        code, out, err = self.run(script)
+        if code == SCHEDULER_BUSY_EXIT:
+            raise SchedulerBusy(f"{what}: the scheduler did not answer: {err.strip()[-500:]}")
         if code != 0:
-            raise SlurmError(f"sbatch failed (exit {code}): {(err or out).strip()[-2000:]}")
-        return parse_submit(out)
-
-    def existing(self, key: str) -> str | None:
-        job_dir = shlex.quote(remote_job_dir(self.profile, key))
-        code, out, err = self._run(f"cat {job_dir}/{JOB_ID_FILE} 2>/dev/null || true")
-        if code != 0:
-            raise TransientError(f"reading the job folder failed: {err.strip()[-300:]}")
-        return check_job_id(out.strip()) if out.strip() else None
-
-    def archive(self, key: str) -> None:
-        job_dir = shlex.quote(remote_job_dir(self.profile, key))
-        code, _, err = self._run(f'mv {job_dir} {job_dir}.ended-"$(date +%s%N)"')
-        if code != 0:
-            raise SlurmError(f"could not move the old job folder aside: {err.strip()[-300:]}")
-
-    def status(self, job_id: str, key: str) -> JobStatus:
-        code, out, err = self._run(status_command(job_id, remote_job_dir(self.profile, key)))
-        if code != 0:
-            raise TransientError(f"state query failed (exit {code}): {err.strip()[-500:]}")
-        return parse_status(job_id, out)
-
-    def cancel(self, job_id: str) -> None:
-        self._run(cancel_command(job_id))
-
-    def log_tail(self, key: str, lines: int = 40) -> str:
-        _, out, _ = self._run(log_tail_command(remote_job_dir(self.profile, key), lines))
+            raise TransientError(f"{what} failed (exit {code}): {err.strip()[-500:]}")
         return out
 
-    def accounting(self, job_id: str) -> JobAccounting | None:
-        _, out, _ = self._run(accounting_command(job_id))
-        return parse_accounting(out)
+    # batch operations
+
+    def submit_many(self, items: Sequence[tuple[JobRequest, Sequence[str]]],
+                    environ: Mapping[str, str]) -> list[SubmitOutcome]:
+        if not items:
+            return []
+        script = submit_script(self.profile, items, pass_env_values(self.profile, environ))
+        out = self._checked(script, "submitting")
+        return parse_submit(out, [request.key or "" for request, _ in items])
+
+    def existing_many(self, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        return parse_existing(self._checked(existing_script(self.profile, keys),
+                                            "reading job folders"))
+
+    def reports(self, jobs: Mapping[str, str]) -> dict[str, JobReport]:
+        """Reports of jobs (job id -> key): one squeue, plus one fallback for the jobs it
+        no longer knows."""
+        if not jobs:
+            return {}
+        found = parse_states(self._checked(states_script(jobs), "state query"))
+        missing = {j: remote_job_dir(self.profile, k) for j, k in jobs.items() if j not in found}
+        if missing:
+            found.update(parse_forgotten(self._checked(forgotten_script(missing),
+                                                       "state query"), missing))
+        return found
+
+    def archive_many(self, keys: Sequence[str]) -> None:
+        if keys:
+            code, _, err = self.run(archive_script(self.profile, keys))
+            if code != 0:
+                raise SlurmError(f"could not move old job folders aside: {err.strip()[-300:]}")
+
+    def cancel_many(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            self.run(cancel_script(job_ids))
+
+    def log_tails(self, keys: Sequence[str], lines: int = LOG_TAIL_LINES) -> dict[str, str]:
+        if not keys:
+            return {}
+        script, marker = log_tails_script(
+            {k: remote_job_dir(self.profile, k) for k in keys}, lines)
+        _, out, _ = self.run(script)
+        return parse_log_tails(out, marker)
+
+    # one job (the operator's single-job path and the tests)
+
+    def submit(self, request: JobRequest, environ: Mapping[str, str]) -> tuple[str, bool]:
+        outcome = self.submit_many([(request, ())], environ)[0]
+        if outcome.result == "error" or outcome.job_id is None:
+            raise SlurmError(f"sbatch failed: {outcome.error[-2000:]}")
+        return outcome.job_id, outcome.result == "existing"
+
+    def existing(self, key: str) -> str | None:
+        return self.existing_many([key]).get(key)
+
+    def archive(self, key: str) -> None:
+        self.archive_many([key])
+
+    def status(self, job_id: str, key: str) -> JobStatus:
+        return self.reports({job_id: key})[job_id].status
+
+    def cancel(self, job_id: str) -> None:
+        self.cancel_many([job_id])
+
+    def log_tail(self, key: str, lines: int = LOG_TAIL_LINES) -> str:
+        return self.log_tails([key], lines).get(key, "")
