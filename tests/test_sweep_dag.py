@@ -188,7 +188,11 @@ def test_tiny_grid_end_to_end_then_nothing_new(airflow_db: Path, sweep_env: Path
     with create_session() as session:
         events = session.query(AssetEvent).all()
         extras = [e.extra for e in events if e.source_run_id in {first.run_id, second.run_id}]
-    assert {"sweep_id": parse_conf(conf).derived_sweep_id()} in extras
+    sweep_id = parse_conf(conf).derived_sweep_id()
+    assert {"sweep_id": sweep_id,
+            "runs": {"finished": 4, "diverged": 0, "oom": 0, "failed": 0}} in extras
+    assert {"sweep_id": sweep_id,  # nothing new to train: still an event, zero counts
+            "runs": {"finished": 0, "diverged": 0, "oom": 0, "failed": 0}} in extras
     shutil.rmtree(sweep_env / "runs", ignore_errors=True)
 
 
