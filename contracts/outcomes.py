@@ -30,6 +30,9 @@ OOM_MARKERS = ("cuda out of memory", "torch.outofmemoryerror", "outofmemoryerror
                "cannot allocate memory", "exceeded memory limit", "oom-kill", "oom_kill")
 
 
+JOB_SCRIPT_PREFIX = "[cluster_jobs]"  # lines the job script itself writes into the log
+
+
 def _is_oom(line: str) -> bool:
     low = line.lower()
     return any(marker in low for marker in OOM_MARKERS)
@@ -39,7 +42,9 @@ def classify(state: str, exit_code: int | None, log_tail: str) -> tuple[Outcome,
     """(outcome, reason) for a job that did not succeed; None for a successful one."""
     if state == "COMPLETED":
         return None
-    lines = [ln.strip() for ln in log_tail.splitlines() if ln.strip()]
+    # The job script's own lines ("[cluster_jobs] exit code 1 at ...") say nothing new.
+    lines = [ln.strip() for ln in log_tail.splitlines()
+             if ln.strip() and not ln.strip().startswith(JOB_SCRIPT_PREFIX)]
     if state == "OUT_OF_MEMORY":
         hint = next((ln for ln in reversed(lines) if _is_oom(ln)), "")
         return "oom", f"job state OUT_OF_MEMORY{': ' + hint if hint else ''}"[:4000]

@@ -36,6 +36,7 @@ from reporting.findings import (
     SizeEffect,
     TradeoffRow,
     TrainableRow,
+    UnfinishedRun,
 )
 from reporting.presets import param_counts
 from reporting.scaling import analyse_scaling, scaling_statements
@@ -263,6 +264,22 @@ def _excluded(runs: pd.DataFrame) -> list[ExcludedRun]:
             for r in runs[runs["excluded_reason"] != ""].itertuples(index=False)]
 
 
+DEFAULT_REASONS = {"diverged": "the training loss became NaN/inf",
+                   "running": "still running, or its job ended without saying how"}
+
+
+def not_finished(runs: pd.DataFrame) -> list[UnfinishedRun]:
+    """Every run whose outcome is not ``finished`` (diverged, oom, failed, still running),
+    with its job state and reason, in run-name order."""
+    rows = runs[runs["outcome"] != "finished"].sort_values("run_name")
+    return [UnfinishedRun(run_id=r.run_id, run_name=r.run_name or r.run_id, model=r.model,
+                          method=r.method, rank=_rank(r.rank), lr=_none(r.lr),
+                          outcome=r.outcome, job_state=str(r.job_state or ""),
+                          job_id=str(r.job_id or ""),
+                          reason=str(r.failure_reason or DEFAULT_REASONS.get(r.outcome, "")))
+            for r in rows.itertuples(index=False)]
+
+
 def analyse_model(runs: pd.DataFrame, baselines: pd.DataFrame, model: str) -> ModelFindings:
     mine = runs[runs["model"] == model]
     stats = config_stats(mine)
@@ -315,7 +332,7 @@ def analyse(data: SweepData, window: int = 10) -> tuple[Findings, pd.DataFrame]:
     findings = Findings(
         sweep_id=data.sweep_id, generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         n_runs=len(runs), final_loss_definition=FINAL_LOSS_DEFINITION, noise_rule=NOISE_RULE,
-        models=models, size_effect=effect, statements=[],
+        models=models, size_effect=effect, statements=[], not_finished=not_finished(runs),
     )
     findings.statements = statements(findings)
     findings.scaling = analyse_scaling(runs, data.history)

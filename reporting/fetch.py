@@ -35,6 +35,8 @@ SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_param
                 "train/samples_per_second_mean", "cost/gpu_hours", "cost/gpu_hours_accounted",
                 "memory/peak_accelerator_mb", "memory/peak_host_mb")
 LAYOUT_TAGS = ("zero_stage", "nodes", "gpus_per_node", "failure_reason")
+# What the sweep DAG's record task says about a run that did not finish.
+JOB_TAGS = ("job_state", "job_id")
 OUTCOMES = ("running", "finished", "diverged", "oom", "failed")
 STATUS_OUTCOME = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
                   "RUNNING": "running", "SCHEDULED": "running"}
@@ -124,12 +126,12 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
             "start_time": run.info.start_time, "end_time": run.info.end_time,
             "last_step": _last_step(run),
         }
-        row.update({tag: tags.get(tag, "") for tag in LAYOUT_TAGS})
+        row.update({tag: tags.get(tag, "") for tag in (*LAYOUT_TAGS, *JOB_TAGS)})
         row.update({key: metrics.get(key, np.nan) for key in SUMMARY_KEYS})
         rows.append(row)
     columns = ["run_id", "run_name", "experiment_id", "sweep_id", "model", "method", "lr",
                "rank", "seed", "outcome", "status", "start_time", "end_time", "last_step",
-               *LAYOUT_TAGS, *SUMMARY_KEYS]
+               *LAYOUT_TAGS, *JOB_TAGS, *SUMMARY_KEYS]
     frame = pd.DataFrame(rows, columns=columns)
     frame["lr"] = pd.to_numeric(frame["lr"], errors="coerce")
     frame["rank"] = pd.to_numeric(frame["rank"], errors="coerce").astype("Int64")

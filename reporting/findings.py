@@ -111,6 +111,22 @@ class ExcludedRun(_Model):
     reason: str
 
 
+class UnfinishedRun(_Model):
+    """A run of the sweep that did not finish: how it ended and why (MLflow tags written by
+    the training job or, for jobs the cluster ended, the sweep DAG's record task)."""
+
+    run_id: str
+    run_name: str
+    model: str
+    method: str
+    rank: int | None
+    lr: float | None
+    outcome: str
+    job_state: str
+    job_id: str
+    reason: str
+
+
 class ModelFindings(_Model):
     model: str
     total_params: float | None
@@ -192,3 +208,4 @@ class Findings(_Model):
     size_effect: SizeEffect | None
     statements: list[Statement]
     scaling: Scaling | None = None
+    not_finished: list[UnfinishedRun] = []

@@ -122,6 +122,27 @@ def _excluded_table(findings: Findings) -> list[str]:
     return [*lines, ""]
 
 
+def _not_finished_section(findings: Findings) -> list[str]:
+    rows = findings.not_finished
+    lines = ["## Runs that did not finish", ""]
+    if not rows:
+        return [*lines, f"All {findings.n_runs} runs finished.", ""]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.outcome] = counts.get(r.outcome, 0) + 1
+    lines += [f"{len(rows)} of {findings.n_runs} runs did not finish ("
+              + ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+              + "); they are kept out of the optima.", "",
+              "| run | model | method | rank | LR | outcome | job state | job id | reason |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(v) for v in [
+            r.run_name, r.model, r.method, r.rank if r.rank is not None else "",
+            lr_label(r.lr) if r.lr else "", r.outcome.upper() if r.outcome == "oom"
+            else r.outcome, r.job_state, r.job_id, r.reason[:300]]) + " |")
+    return [*lines, ""]
+
+
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
@@ -162,7 +183,8 @@ def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
              "## Summary", "", *_summary_table(findings), "",
              "Gap = (best LoRA loss - best full FT loss) / best LoRA loss. LEXam columns: "
              "accuracy of the untouched base model and of the runs at each method's "
-             "lowest-loss configuration.", "", "## Findings", ""]
+             "lowest-loss configuration.", "", *_not_finished_section(findings),
+             "## Findings", ""]
     for question in QUESTIONS.values():
         said = [s for s in findings.statements if s.question == question]
         if said:

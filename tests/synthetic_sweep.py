@@ -216,6 +216,9 @@ def log_broken_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> 
             metrics.append(Metric("train/final_loss", float(np.mean(losses[-9:])), end, 0))
         # The failed job crashed before its summary: no train/final_loss at all.
         tags = {**spec.tags(), "job_id": "synthetic-broken", "outcome": outcome}
+        if outcome == "failed":  # as the sweep DAG's record task tags a job that crashed
+            tags.update(failure_reason="job FAILED, exit code 1: RuntimeError: NCCL timeout",
+                        job_state="FAILED")
         run = client.create_run(experiment_id, run_name=spec.run_name, tags=tags)
         _log_batched(client, run.info.run_id, metrics)
         client.set_terminated(run.info.run_id, status)

@@ -88,6 +88,21 @@ def test_diverged_and_failed_runs_are_shown_but_kept_out(findings: Findings) -> 
     assert any("kept out" in s.text for s in findings.statements)
 
 
+def test_report_lists_the_runs_that_did_not_finish(findings: Findings) -> None:
+    from reporting.report import markdown
+
+    rows = {r.run_name: r for r in findings.not_finished}
+    assert {(r.method, r.outcome) for r in rows.values()} == {("full", "diverged"),
+                                                              ("lora", "failed")}
+    failed = next(r for r in rows.values() if r.outcome == "failed")
+    assert (failed.job_state, failed.job_id) == ("FAILED", "synthetic-broken")
+    assert "NCCL timeout" in failed.reason
+    section = markdown(findings, {}).split("## Runs that did not finish")[1].split("\n## ")[0]
+    assert f"2 of {findings.n_runs} runs did not finish (1 diverged, 1 failed)" in section
+    for name, run in rows.items():
+        assert name in section and run.reason[:20] in section
+
+
 def test_trainable_fraction_per_rank(findings: Findings) -> None:
     rows = {r.rank: r for r in _model(findings, "apertus-8b").trainable}
     assert rows[32].under_1pct is True and rows[64].under_1pct is False
