@@ -8,6 +8,8 @@
 #   scripts/local-slurm.sh install          # apt-get the packages if missing
 #   scripts/local-slurm.sh up DIR [CPUS]    # start munged, slurmctld, slurmd, sshd
 #   scripts/local-slurm.sh down DIR         # stop what `up` started in DIR
+#   scripts/local-slurm.sh sshd-stop DIR    # an outage: stop sshd and its open sessions
+#   scripts/local-slurm.sh sshd-start DIR   # ... and start it again on the same port
 #
 # `up` writes DIR/cluster.env (SSH_PORT, SSH_USER, SSH_KEY, SSH_HOST_KEY, SLURM_CONF,
 # WORK_DIR) for the caller, and prints it.
@@ -137,10 +139,7 @@ MaxStartups 200
 MaxSessions 200
 SetEnv SLURM_CONF=$SLURM_CONF
 EOF
-  /usr/sbin/sshd -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
-  wait_for 10 ssh -i "$dir/ssh/client_key" -p "$ssh_port" -o BatchMode=yes \
-    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "$user@127.0.0.1" true \
-    || die "sshd did not accept the client key (see $dir/log/sshd.log)"
+  start_sshd "$dir" "$ssh_port" "$user"
 
   cat >"$dir/cluster.env" <<EOF
 SSH_HOST=127.0.0.1
@@ -152,6 +151,29 @@ SLURM_CONF=$SLURM_CONF
 WORK_DIR=$dir/work
 EOF
   cat "$dir/cluster.env"
+}
+
+start_sshd() {  # start_sshd DIR PORT USER
+  local dir=$1 port=$2 user=$3
+  /usr/sbin/sshd -f "$dir/ssh/sshd_config" -E "$dir/log/sshd.log"
+  wait_for 10 ssh -i "$dir/ssh/client_key" -p "$port" -o BatchMode=yes \
+    -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "$user@127.0.0.1" true \
+    || die "sshd did not accept the client key (see $dir/log/sshd.log)"
+}
+
+cmd_sshd_stop() {  # the listener and every session it forked (by their process ids)
+  local dir=${1:?usage: sshd-stop DIR} pid child
+  [ -f "$dir/run/sshd.pid" ] || return 0
+  pid=$(cat "$dir/run/sshd.pid")
+  for child in $(pgrep -P "$pid" || true); do kill "$child" 2>/dev/null || true; done
+  stop_pidfile "$dir/run/sshd.pid"
+  rm -f "$dir/run/sshd.pid"
+}
+
+cmd_sshd_start() {
+  local dir=${1:?usage: sshd-start DIR} port
+  port=$(sed -n 's/^SSH_PORT=//p' "$dir/cluster.env")
+  start_sshd "$dir" "$port" "$(id -un)"
 }
 
 stop_pidfile() {
@@ -184,5 +206,8 @@ case "${1:-}" in
   install) cmd_install ;;
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
-  *) echo "usage: $0 install | up DIR [CPUS] | down DIR" >&2; exit 2 ;;
+  sshd-stop) shift; cmd_sshd_stop "$@" ;;
+  sshd-start) shift; cmd_sshd_start "$@" ;;
+  *) echo "usage: $0 install | up DIR [CPUS] | down DIR | sshd-stop DIR | sshd-start DIR" >&2
+     exit 2 ;;
 esac

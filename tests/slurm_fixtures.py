@@ -43,8 +43,14 @@ class LocalSlurm:
         })
 
     def scontrol(self, *args: str) -> str:
+        return self._client("scontrol", *args)
+
+    def squeue(self, *args: str) -> str:
+        return self._client("squeue", *args)
+
+    def _client(self, command: str, *args: str) -> str:
         env = {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
-        return subprocess.run(["scontrol", *args], env=env, capture_output=True, text=True,
+        return subprocess.run([command, *args], env=env, capture_output=True, text=True,
                               check=False).stdout
 
 

@@ -8,21 +8,26 @@ asyncssh, exactly as in the triggerer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from cluster_jobs.batch import submit_jobs
 from cluster_jobs.operators import ClusterJobOperator
+from cluster_jobs.poller import ClusterPoller
 from cluster_jobs.slurm import SlurmJobs
 from cluster_jobs.trigger import ClusterJobTrigger
-from trigger_helpers import sense
+from slurm_fixtures import SCRIPT
+from trigger_helpers import first_event, sense, sense_all
 
 from contracts.jobs import JOB_ID_PLACEHOLDER, JobRequest
-from contracts.profiles import ClusterProfile
+from contracts.profiles import ClusterProfile, ResourceRequest
 from contracts.states import JobState
 from contracts.sweep import load_named_sweep
 
@@ -31,6 +36,12 @@ pytestmark = pytest.mark.slurm
 PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}", "|id"]
 
 
+
+
+def _sshd(local_slurm, command: str) -> None:
+    """Stop or start the cluster's sshd (an outage of the login node's SSH)."""
+    subprocess.run(["bash", str(SCRIPT), command, str(local_slurm.root)], check=True,
+                   capture_output=True, timeout=60)
 
 
 def submit(profile: ClusterProfile, request: JobRequest) -> ClusterJobTrigger:
@@ -172,3 +183,101 @@ def test_cleared_task_runs_a_failed_slurm_job_again(slurm_profile: ClusterProfil
         states.append(sense(deferred.value.trigger)["status"]["state"])
     assert states == ["FAILED", "COMPLETED"]
     assert len([p for p in Path(profile.work_dir).iterdir() if p.is_dir()]) == 2
+
+
+# -- batches, one poller per cluster, outages ------------------------------------------------
+
+def _stats(conn_id: str) -> dict[str, int]:
+    return dataclasses.asdict(ClusterPoller.total(conn_id))
+
+
+def _delta(before: dict[str, int], conn_id: str) -> dict[str, int]:
+    return {k: v - before[k] for k, v in _stats(conn_id).items()}
+
+
+def _triggers(profile: ClusterProfile, jobs) -> list[ClusterJobTrigger]:
+    return [ClusterJobTrigger(profile=profile.model_dump(), job_id=j.job_id, key=j.key)
+            for j in jobs if j.job_id]
+
+
+def test_batch_costs_one_connection_to_submit_and_one_to_sense(
+        slurm_profile: ClusterProfile, local_slurm) -> None:
+    profile = slurm_profile.model_copy(update={"chdir": None})
+    requests = [JobRequest(name=f"b{i}", key=f"b{i}",
+                           argv=("bash", "-c", f"sleep 2; echo done {i}; exit {3 * (i == 4)}"))
+                for i in range(6)]
+    refused = JobRequest(name="refused", key="refused", argv=("true",),
+                         resources=ResourceRequest(mem="99999999G"))  # no node has that
+    after = JobRequest(name="after", key="after", argv=("true",), after=("b0", "b1"))
+    with SlurmJobs(profile) as jobs:
+        out = submit_jobs(jobs, [*requests, refused, after], os.environ)
+        assert (jobs.connections_opened, jobs.commands_run) == (1, 2)  # read folders, submit
+    by_key = {j.key: j for j in out}
+    assert by_key["refused"].result == "error" and "Memory specification" in by_key["refused"].error
+    assert all(j.result == "submitted" for k, j in by_key.items() if k != "refused")
+    pending = local_slurm.scontrol("show", "job", "-o", by_key["after"].job_id)
+    assert f"Dependency=afterany:{by_key['b0'].job_id}" in pending  # waits for b0 and b1
+    assert by_key["b1"].job_id in pending
+
+    before = _stats(profile.ssh_conn_id)
+    events = {e["key"]: e for e in sense_all(_triggers(profile, out))}
+    used = _delta(before, profile.ssh_conn_id)
+    assert {k: e["status"]["state"] for k, e in events.items()} == {
+        **{f"b{i}": "COMPLETED" for i in (0, 1, 2, 3, 5)}, "b4": "FAILED", "after": "COMPLETED"}
+    assert events["b4"]["status"]["exit_code"] == 3 and "done 4" in events["b4"]["log_tail"]
+    assert events["b0"]["accounting"]["source"] == "squeue"
+    assert used["connections_opened"] == 1 and used["jobs_sensed"] == 7
+    assert used["scheduler_queries"] == used["polls"] >= 2  # one squeue per poll, for all
+
+
+def test_outage_longer_than_a_poll_is_waited_out_without_a_second_submission(
+        slurm_profile: ClusterProfile, local_slurm) -> None:
+    profile = slurm_profile.model_copy(update={"chdir": None})
+    requests = [JobRequest(name=f"outage{i}", key=f"outage{i}", argv=("sleep", "8"))
+                for i in range(3)]
+    with SlurmJobs(profile) as jobs:
+        out = submit_jobs(jobs, requests, os.environ)
+    before = _stats(profile.ssh_conn_id)
+
+    async def scenario() -> list[dict]:
+        sensing = [asyncio.create_task(first_event(t)) for t in _triggers(profile, out)]
+        await asyncio.sleep(2.5)  # a few polls (poll interval 1 s)
+        await asyncio.to_thread(_sshd, local_slurm, "sshd-stop")
+        try:
+            await asyncio.sleep(4)  # the polls meanwhile fail: the jobs are kept
+            assert not any(task.done() for task in sensing)
+        finally:
+            await asyncio.to_thread(_sshd, local_slurm, "sshd-start")
+        return list(await asyncio.gather(*sensing))
+
+    events = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert [e["status"]["state"] for e in events] == ["COMPLETED"] * 3
+    used = _delta(before, profile.ssh_conn_id)
+    assert used["failures"] >= 1 and used["connections_opened"] >= 2
+    # No second submission: each folder still names its first job, SLURM knows 3 jobs.
+    assert [(Path(profile.work_dir) / j.key / "job_id").read_text().strip() for j in out] == [
+        j.job_id for j in out]
+    names = ",".join(r.name for r in requests)
+    known = local_slurm.squeue("-h", "-t", "all", "-n", names, "-o", "%i").split()
+    assert sorted(known) == sorted(j.job_id for j in out)
+
+
+def test_outage_beyond_the_budget_fails_naming_the_job_and_the_retry_reattaches(
+        slurm_profile: ClusterProfile, local_slurm) -> None:
+    profile = slurm_profile.model_copy(update={"chdir": None, "outage_budget_s": 2})
+    request = JobRequest(name="budget", key="budget", argv=("sleep", "6"))
+    job_id, _ = SlurmJobs(profile).submit(request, os.environ)
+    _sshd(local_slurm, "sshd-stop")
+    try:
+        event = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id,
+                                        key="budget"), timeout=60)
+    finally:
+        _sshd(local_slurm, "sshd-start")
+    assert f"job {job_id} " in event["error"] and "re-attaches" in event["error"]
+    operator = ClusterJobOperator(task_id="t", job=request, profile=profile.model_dump())
+    with pytest.raises(Exception, match=job_id) as raised:
+        operator.execute_complete(context(), event)
+    assert not isinstance(raised.value, AirflowFailException)  # retryable
+    retried = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id,
+                                      key="budget"))
+    assert retried["status"]["state"] == "COMPLETED"
