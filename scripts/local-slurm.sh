@@ -137,6 +137,8 @@ StrictModes no
 UsePAM no
 MaxStartups 200
 MaxSessions 200
+# One line per connection and per remote command: what benchmarks/fanout_slurm.py counts.
+LogLevel VERBOSE
 SetEnv SLURM_CONF=$SLURM_CONF
 EOF
   start_sshd "$dir" "$ssh_port" "$user"

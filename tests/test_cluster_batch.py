@@ -115,12 +115,11 @@ def test_sensing_tasks_find_their_job_in_small_chunks() -> None:
     output = push_submission(lambda key, value: pushed.__setitem__(key, value), profile,
                              {"train": jobs, "evaluate": []})
     assert output["groups"]["train"][CHUNK + 5]["key"] == f"k{CHUNK + 5}"
-    assert len(pushed) == 3  # the profile and two chunks
-    found_profile, job = submitted_job(pushed["cluster_profile"], pushed["jobs-train-1"],
-                                       "train", CHUNK + 5)
+    assert sorted(pushed) == ["jobs-train-0", "jobs-train-1"]  # one pull per sensing task
+    found_profile, job = submitted_job(pushed["jobs-train-1"], "train", CHUNK + 5)
     assert found_profile == profile and job.key == f"k{CHUNK + 5}"
     with pytest.raises(LookupError):
-        submitted_job(pushed["cluster_profile"], pushed["jobs-train-1"], "train", CHUNK + 6)
+        submitted_job(pushed["jobs-train-1"], "train", CHUNK + 6)
 
 
 # -- batches on the local backend ------------------------------------------------------------

@@ -17,8 +17,7 @@ from contracts.jobs import JobRequest
 from contracts.profiles import ClusterProfile
 from contracts.states import JobState, JobStatus
 
-CHUNK = 64  # jobs per XCom chunk a sensing task pulls
-PROFILE_XCOM_KEY = "cluster_profile"
+CHUNK = 64  # jobs per XCom chunk a sensing task pulls (one pull each, with the profile)
 
 
 @dataclass(frozen=True)
@@ -102,13 +101,14 @@ def chunk_key(group: str, index: int) -> str:
 
 def push_submission(push: Callable[..., None], profile: ClusterProfile,
                     groups: Mapping[str, Sequence[SubmittedJob]]) -> dict[str, Any]:
-    """Push the profile and each group's jobs in chunks of CHUNK (XComs of the submitting
-    task); returns the whole submission, the task's return value."""
-    push(key=PROFILE_XCOM_KEY, value=profile.model_dump(mode="json"))
+    """Push each group's jobs in chunks of CHUNK, each with the profile (XComs of the
+    submitting task: a sensing task needs one pull); returns the whole submission, the
+    task's return value."""
+    dumped = profile.model_dump(mode="json")
     for group, jobs in groups.items():
         for start in range(0, len(jobs), CHUNK):
-            push(key=chunk_key(group, start),
-                 value=[asdict(j) for j in jobs[start:start + CHUNK]])
+            push(key=chunk_key(group, start), value={
+                "profile": dumped, "jobs": [asdict(j) for j in jobs[start:start + CHUNK]]})
     return {"profile": profile.name,
             "groups": {g: [asdict(j) for j in jobs] for g, jobs in groups.items()}}
 
@@ -116,25 +116,23 @@ def push_submission(push: Callable[..., None], profile: ClusterProfile,
 async def pull_submitted(ti: Any, task_id: str, group: str
                          ) -> tuple[ClusterProfile, SubmittedJob]:
     """In the triggerer: the profile and this task instance's job (its map index in
-    ``group``), from the XComs ``task_id`` pushed."""
+    ``group``), from the chunk ``task_id`` pushed (one XCom pull)."""
     index = int(ti.map_index)
-    profile = await ti.axcom_pull(task_ids=task_id, key=PROFILE_XCOM_KEY, map_indexes=-1)
     chunk = await ti.axcom_pull(task_ids=task_id, key=chunk_key(group, index), map_indexes=-1)
-    return submitted_job(profile, chunk, group, index)
+    return submitted_job(chunk, group, index)
 
 
 def pull_submitted_now(ti: Any, task_id: str, group: str
                        ) -> tuple[ClusterProfile, SubmittedJob]:
     """The same, on a worker."""
     index = int(ti.map_index)
-    profile = ti.xcom_pull(task_ids=task_id, key=PROFILE_XCOM_KEY, map_indexes=-1)
     chunk = ti.xcom_pull(task_ids=task_id, key=chunk_key(group, index), map_indexes=-1)
-    return submitted_job(profile, chunk, group, index)
+    return submitted_job(chunk, group, index)
 
 
-def submitted_job(profile: Any, chunk: Any, group: str, index: int
-                  ) -> tuple[ClusterProfile, SubmittedJob]:
+def submitted_job(chunk: Any, group: str, index: int) -> tuple[ClusterProfile, SubmittedJob]:
     """The ``index``-th job of ``group`` from its chunk; LookupError when there is none."""
-    if not chunk or profile is None or index < 0 or index % CHUNK >= len(chunk):
+    jobs = (chunk or {}).get("jobs") or []
+    if index < 0 or index % CHUNK >= len(jobs) or not chunk.get("profile"):
         raise LookupError(f"the submitting task recorded no job {index} of {group!r}")
-    return ClusterProfile.model_validate(profile), SubmittedJob(**chunk[index % CHUNK])
+    return ClusterProfile.model_validate(chunk["profile"]), SubmittedJob(**jobs[index % CHUNK])

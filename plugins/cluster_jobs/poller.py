@@ -220,6 +220,9 @@ class ClusterPoller:
         except (*_connection_errors(), TransientError) as error:
             return await self._outage(watches, error)
         self._count(polls=1)
+        log.info("cluster %s: %d job(s) polled, %d ended (%d log read(s)); connection %d",
+                 self.profile.ssh_conn_id, len(watches), len(ended), 1 if failed_keys else 0,
+                 self.stats.connections_opened)
         if self._outage_since is not None:
             log.info("cluster %s reachable again after %.0f s", self.profile.ssh_conn_id,
                      time.monotonic() - self._outage_since)
