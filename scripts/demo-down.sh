@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make down`: stop the services `make demo` started (by their recorded process groups),
-# and nothing else. Data (MLflow store, reports, Airflow DB) stays in $LORA_REGRET_STATE.
+# then the local jobs they left running (the `local` profile's job folders: each job is a
+# detached process group, so stopping Airflow does not end it), and nothing else.
+# Data (MLflow store, reports, Airflow DB, job folders) stays.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STATE="${LORA_REGRET_STATE:-$PWD/.state/demo}"
@@ -16,4 +18,8 @@ for name in airflow mlflow; do
   fi
   rm -f "$pidfile"
 done
+# Airflow is down, so nothing submits new jobs: end the ones still running or waiting.
+if [ -x .venv/bin/python ]; then
+  .venv/bin/python -m cluster_jobs.local stop local || echo "could not stop the local jobs" >&2
+fi
 echo "stopped; data kept in $STATE (delete it for a fresh start)"
