@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster_jobs.script import render_script
-from cluster_jobs.slurm import SlurmJobs, classify_end, parse_accounting
+from cluster_jobs.slurm import SlurmJobs, classify_end, parse_forgotten, parse_states
 from cluster_jobs.trigger import ClusterJobTrigger
 from mlflow.tracking import MlflowClient
 from trigger_helpers import sense
@@ -162,11 +162,22 @@ def test_job_results_land_in_the_specs_run(mlflow_uri: str) -> None:
 
 
 def test_accounting_parsing() -> None:
-    acct = parse_accounting("sacct 3600|billing=8,cpu=64,gres/gpu=8,mem=100G,node=2|2")
-    assert acct.gpu_hours == 8.0 and acct.nodes == 2
-    acct = parse_accounting("scontrol JobId=3 RunTime=00:01:03 NumNodes=1 TRES=cpu=1,node=1")
-    assert acct.elapsed_s == 63 and acct.gpu_hours == 0
-    assert parse_accounting("unknown") is None
+    # squeue -O JobID,State,Reason,exit_code,TimeUsed,tres-alloc,NumNodes (wait status 768:
+    # exit code 3), for jobs SLURM still knows; the accounting fallback for the others.
+    reports = parse_states("7|COMPLETED|None|0|1:00:00|cpu=64,gres/gpu=8,node=2|2|\n"
+                           "8|FAILED|NonZeroExitCode|768|0:01:03|cpu=1,node=1|1|\n"
+                           "9|RUNNING|None|0|0:10|cpu=1,node=1|1|\nnoise\n")
+    assert reports["7"].accounting.gpu_hours == 8.0 and reports["7"].accounting.nodes == 2
+    assert reports["8"].status.exit_code == 3 and reports["8"].accounting.elapsed_s == 63
+    assert reports["8"].accounting.gpu_hours == 0
+    assert reports["9"].accounting is None and reports["9"].status.exit_code is None
+    forgotten = parse_forgotten(
+        "a|41|COMPLETED|0:0|3600|billing=8,cpu=64,gres/gpu=8,mem=100G,node=2|2\n"
+        "c|42|FAILED|1:0|5||1\nx|43|2\n", ["41", "42", "43", "44"])
+    assert forgotten["41"].accounting.gpu_hours == 8.0
+    assert forgotten["42"].status.exit_code == 1 and forgotten["42"].accounting.gpus is None
+    assert forgotten["43"].status.exit_code == 2 and forgotten["43"].accounting is None
+    assert "does not know" in forgotten["44"].status.reason
 
 
 # -- real SLURM ---------------------------------------------------------------------------
@@ -188,7 +199,7 @@ def test_job_over_its_memory_limit_is_out_of_memory_and_recorded(
     assert event["status"]["state"] == "OUT_OF_MEMORY", event
     assert "exceeded memory limit" in event["log_tail"]
     assert "survived" not in event["log_tail"]
-    assert event["accounting"]["source"] == "scontrol"
+    assert event["accounting"]["source"] == "squeue"
     assert event["accounting"]["elapsed_s"] is not None and event["accounting"]["gpus"] == 0
 
     spec = RunSpec(**TINY, nodes=1, gpus_per_node=0, sweep_id="eng-oom")
@@ -260,6 +271,8 @@ def test_dag_records_a_slurm_memory_kill_as_oom(
         "poll_interval": 1, "pass_env": ["MLFLOW_TRACKING_URI"],
         "env": {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"},
         "resources": {"mem": "300M", "time_limit": "00:10:00"}}))
+    # The other DAGs' forms default to the `local` profile: keep it next to this one.
+    shutil.copy(REPO_ROOT / "configs" / "clusters" / "local.yaml", clusters / "local.yaml")
     monkeypatch.setenv("LORA_REGRET_CLUSTERS_DIR", str(clusters))
     conf = {"sweep": "tiny", "cluster": "tight", "learning_rates": [1e-3], "ranks": [2],
             "nodes": [1], "gpus_per_node": [0], "zero_stages": [0], "max_steps": 2,

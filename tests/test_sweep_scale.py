@@ -11,6 +11,7 @@ real Airflow (benchmarks/fanout_slurm.py).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from trigger_helpers import sense_all
 from contracts.conf import parse_conf, plan_runs
 from contracts.profiles import ClusterProfile
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS = 1100
 CONF = {"sweep": "tiny", "seeds": list(range(RUNS // 4)), "evaluate": False,
         "cluster": "slurm-scale"}
@@ -45,9 +47,12 @@ def test_sweep_above_max_map_length_submits_maps_and_senses_every_run(
                "chdir": None, "poll_interval": 2}
     profile.pop("name")
     (clusters / "slurm-scale.yaml").write_text(yaml.safe_dump(profile))
+    shutil.copy(REPO_ROOT / "configs" / "clusters" / "local.yaml", clusters / "local.yaml")
     monkeypatch.setenv("LORA_REGRET_CLUSTERS_DIR", str(clusters))
 
-    run = DagBag().get_dag("lora_regret_sweep").test(
+    bag = DagBag()
+    assert bag.import_errors == {}
+    run = bag.get_dag("lora_regret_sweep").test(
         run_conf=CONF, mark_success_pattern="train|record|publish|verdict")
     train = [ti for ti in run.get_task_instances() if ti.task_id == "train"]
     assert len(train) == RUNS and {str(ti.state) for ti in train} == {"success"}
