@@ -213,6 +213,45 @@ def test_operator_retry_reattaches_instead_of_submitting_again(local_profile: Cl
     assert len(job_dirs) == 1 and (job_dirs[0] / "runs.txt").read_text() == "run\n"
 
 
+def test_a_trigger_started_in_the_triggerer_finds_its_job_in_the_submit_output(
+        local_profile: ClusterProfile) -> None:
+    """The start-from-trigger form: no job id in the kwargs; the trigger reads the chunk
+    the submitting task pushed, at its own map index, then senses that job."""
+    from cluster_jobs.batch import SubmittedJob, push_submission
+
+    jobs = LocalJobs(local_profile)
+    job_id, _ = jobs.submit(JobRequest(name="third", key="third", argv=("true",)), os.environ)
+    pushed: dict = {}
+    push_submission(lambda key, value: pushed.__setitem__(key, value), local_profile,
+                    {"train": [SubmittedJob(name="a", key="a", job_id=None, result="error",
+                                            error="sbatch: invalid partition"),
+                               SubmittedJob(name="b", key="b", job_id="b"),
+                               SubmittedJob(name="third", key="third", job_id=job_id)]})
+
+    class TaskInstance:  # what the triggerer hands a trigger: map index and XCom access
+        task_id = "train"
+
+        def __init__(self, map_index: int) -> None:
+            self.map_index = map_index
+
+        async def axcom_pull(self, task_ids: str, key: str, map_indexes: int):
+            assert (task_ids, map_indexes) == ("submit", -1)
+            return pushed.get(key)
+
+    def started_in_triggerer(index: int) -> ClusterJobTrigger:
+        trigger = ClusterJobTrigger(submitted_by="submit", group="train")
+        trigger.task_instance = TaskInstance(index)
+        return trigger
+
+    event = sense(started_in_triggerer(2))
+    assert (event["job_id"], event["key"], event["status"]["state"]) == (
+        "third", "third", "COMPLETED")
+    refused = sense(started_in_triggerer(0))
+    assert refused["status"]["state"] == "FAILED"
+    assert "not submitted: sbatch: invalid partition" in refused["status"]["reason"]
+    assert "could not find the job" in sense(started_in_triggerer(7))["error"]
+
+
 def test_invalid_job_request_fails_without_submitting(local_profile: ClusterProfile,
                                                       tmp_path: Path) -> None:
     operator = ClusterJobOperator(task_id="t", profile=local_profile.model_dump(),

@@ -129,6 +129,22 @@ def test_every_dag_file_imports(airflow_db: Path) -> None:
     # The form offers the known presets and methods as multi-selects.
     assert dag.params.get_param("models").schema["examples"] == sorted(load_presets())
     assert dag.params.get_param("methods").schema["examples"] == ["lora", "full"]
+    # Each run's task starts in the triggerer, finding its job in `submit`'s output; the
+    # scheduler works from the serialized DAG, so that is what must say so.
+    from airflow.serialization.serialized_objects import BaseSerialization, DagSerialization
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    for task_id in ("train", "evaluate"):
+        task = scheduler_dag.get_task(task_id)
+        assert task.start_from_trigger is True
+        kwargs = BaseSerialization.deserialize(task.start_trigger_args.trigger_kwargs)
+        assert kwargs == {
+            "submitted_by": "submit", "group": task_id, "poll_interval": None}
+        assert task.start_trigger_args.trigger_cls == "cluster_jobs.trigger.ClusterJobTrigger"
+    assert {t.task_id for t in dag.tasks} >= {
+        "plan", "submit", "record", "publish", "verdict", "evaluate_runs",
+        *(f"train_runs_{k}" for k in range(1, 5))}
+    assert dag.get_task("verdict").trigger_rule == "all_done"
 
 
 @pytest.mark.airflow
