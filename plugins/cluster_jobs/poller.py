@@ -14,6 +14,7 @@ re-attaches to jobs that kept running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import random
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 FIRST_POLL_DELAY_S = 0.2  # triggers that start together share the first query
 MAX_BACKOFF_S = 60.0
+# With no job left, the poller keeps its connection this long for jobs still to come (a
+# triggerer starts a large sweep's tasks over tens of seconds).
+LINGER_S = 60.0
 
 
 class ClusterUnreachable(RuntimeError):
@@ -103,6 +107,7 @@ class ClusterPoller:
     _outage_since: float | None = None
     _failures: int = 0
     _stopping: bool = False
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     _pollers: ClassVar[dict[tuple[int, str], ClusterPoller]] = {}
     totals: ClassVar[dict[str, PollStats]] = {}  # per connection id, over all pollers
@@ -133,6 +138,7 @@ class ClusterPoller:
                        budget_s=budget_s or self.profile.outage_budget_s, on_change=on_change,
                        future=asyncio.get_running_loop().create_future())
         self.watches.append(watch)
+        self._arrived.set()
         if self._task is None or self._task.done():
             # A clean context: the loop outlives the trigger that started it, and must not
             # log into that trigger's log.
@@ -151,9 +157,13 @@ class ClusterPoller:
         try:
             await asyncio.sleep(FIRST_POLL_DELAY_S)
             while True:
-                if not self.watches:  # decided without an await: no watch can slip in
-                    self._stopping = True
-                    break
+                if not self.watches:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), LINGER_S)
+                    if not self.watches:  # decided without an await: none can slip in
+                        self._stopping = True
+                        break
                 delay = await self._poll_once()
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
