@@ -10,6 +10,8 @@
 #   scripts/local-slurm.sh down DIR         # stop what `up` started in DIR
 #   scripts/local-slurm.sh sshd-stop DIR    # an outage: stop sshd and its open sessions
 #   scripts/local-slurm.sh sshd-start DIR   # ... and start it again on the same port
+#   scripts/local-slurm.sh ctld-stop DIR    # a scheduler outage: stop slurmctld (jobs run on)
+#   scripts/local-slurm.sh ctld-start DIR   # ... and start it again from its saved state
 #
 # `up` writes DIR/cluster.env (SSH_PORT, SSH_USER, SSH_KEY, SSH_HOST_KEY, SLURM_CONF,
 # WORK_DIR) for the caller, and prints it.
@@ -172,6 +174,19 @@ cmd_sshd_stop() {  # the listener and every session it forked (by their process 
   rm -f "$dir/run/sshd.pid"
 }
 
+cmd_ctld_stop() {
+  local dir=${1:?usage: ctld-stop DIR}
+  stop_pidfile "$dir/run/slurmctld.pid"
+  rm -f "$dir/run/slurmctld.pid"
+}
+
+cmd_ctld_start() {
+  local dir=${1:?usage: ctld-start DIR}
+  export SLURM_CONF="$dir/etc/slurm.conf"
+  /usr/sbin/slurmctld -f "$SLURM_CONF"
+  wait_for 30 scontrol ping || die "slurmctld did not come back (see $dir/log)"
+}
+
 cmd_sshd_start() {
   local dir=${1:?usage: sshd-start DIR} port
   port=$(sed -n 's/^SSH_PORT=//p' "$dir/cluster.env")
@@ -210,6 +225,9 @@ case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   sshd-stop) shift; cmd_sshd_stop "$@" ;;
   sshd-start) shift; cmd_sshd_start "$@" ;;
-  *) echo "usage: $0 install | up DIR [CPUS] | down DIR | sshd-stop DIR | sshd-start DIR" >&2
+  ctld-stop) shift; cmd_ctld_stop "$@" ;;
+  ctld-start) shift; cmd_ctld_start "$@" ;;
+  *) echo "usage: $0 install | up DIR [CPUS] | down DIR | sshd-stop|sshd-start DIR" \
+          "| ctld-stop|ctld-start DIR" >&2
      exit 2 ;;
 esac

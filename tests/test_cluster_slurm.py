@@ -39,7 +39,7 @@ PAYLOADS = ['"; rm -rf / #', "$(id)", "`id`", "a\nb; id", "'; id; '", "${HOME}",
 
 
 def _sshd(local_slurm, command: str) -> None:
-    """Stop or start the cluster's sshd (an outage of the login node's SSH)."""
+    """Stop or start the cluster's sshd or slurmctld (an outage)."""
     subprocess.run(["bash", str(SCRIPT), command, str(local_slurm.root)], check=True,
                    capture_output=True, timeout=60)
 
@@ -281,3 +281,33 @@ def test_outage_beyond_the_budget_fails_naming_the_job_and_the_retry_reattaches(
     retried = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id,
                                       key="budget"))
     assert retried["status"]["state"] == "COMPLETED"
+
+
+def test_scheduler_outage_is_backed_off_on_the_same_connection(
+        slurm_profile: ClusterProfile, local_slurm) -> None:
+    """slurmctld stopped (as when it restarts or rate-limits): squeue fails, the poller
+    backs off keeping its SSH connection and every job, and senses them all afterwards."""
+    profile = slurm_profile.model_copy(update={"chdir": None})
+    requests = [JobRequest(name=f"ctld{i}", key=f"ctld{i}", argv=("sleep", "6"))
+                for i in range(3)]
+    with SlurmJobs(profile) as jobs:
+        out = submit_jobs(jobs, requests, os.environ)
+    before = _stats(profile.ssh_conn_id)
+
+    async def scenario() -> list[dict]:
+        sensing = [asyncio.create_task(first_event(t)) for t in _triggers(profile, out)]
+        await asyncio.sleep(2)
+        await asyncio.to_thread(_sshd, local_slurm, "ctld-stop")
+        try:
+            # Longer than the jobs (they end while nobody listens) and than squeue's own
+            # retries (about 10 s), so queries fail.
+            await asyncio.sleep(15)
+            assert not any(task.done() for task in sensing)
+        finally:
+            await asyncio.to_thread(_sshd, local_slurm, "ctld-start")
+        return list(await asyncio.gather(*sensing))
+
+    events = asyncio.run(asyncio.wait_for(scenario(), 180))
+    assert [e["status"]["state"] for e in events] == ["COMPLETED"] * 3
+    used = _delta(before, profile.ssh_conn_id)
+    assert used["failures"] >= 1 and used["connections_opened"] == 1
