@@ -32,7 +32,7 @@ from contracts.jobs import JobRequest, task_key
 from contracts.profiles import ClusterProfile, ProfileError, load_profile
 from contracts.states import JobState, JobStatus
 
-__all__ = ["ClusterJobOperator", "SubmittedJobOperator", "task_key"]
+__all__ = ["ClusterJobOperator", "SubmittedJobOperator", "job_results"]
 
 RESULT_XCOM_KEY = "job_result"
 
