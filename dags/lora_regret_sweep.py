@@ -197,10 +197,12 @@ def lora_regret_sweep() -> None:
             if group == TRAIN_TASK:
                 counts = summary.counts.model_dump()
         if problems:
+            shown = problems[:50] + ([f"... and {len(problems) - 50} more (see `publish`)"]
+                                     if len(problems) > 50 else [])
             raise AirflowFailException(
                 f"{len(problems)} job(s) failed for a reason other than a recorded outcome "
                 "(their results are kept; clear `submit` with downstream to run them "
-                "again):\n" + "\n".join(problems))
+                "again):\n" + "\n".join(shown))
         return counts
 
     the_plan = plan()
