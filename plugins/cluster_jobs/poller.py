@@ -80,13 +80,23 @@ class PollStats:
 
 @dataclass(eq=False)
 class _Watch:
+    """One waiting trigger. The poller only puts what it learns into ``news`` (status
+    changes, then the JobEnd or the error); the trigger's own coroutine takes them out, so
+    its log lines stay in its own log."""
+
     job_id: str
     key: str
     interval: float
     budget_s: float
-    on_change: Callable[[JobStatus], None] | None
-    future: asyncio.Future[JobEnd]
+    news: asyncio.Queue[JobStatus | JobEnd | BaseException] = field(
+        default_factory=asyncio.Queue)
     last: JobState | None = None
+    done: bool = False
+
+    def end(self, item: JobEnd | BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.news.put_nowait(item)
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -135,8 +145,7 @@ class ClusterPoller:
         """Wait for the job to end; ClusterUnreachable after an outage longer than the
         budget (default: the profile's ``outage_budget_s``)."""
         watch = _Watch(job_id=job_id, key=key, interval=interval or self.profile.poll_interval,
-                       budget_s=budget_s or self.profile.outage_budget_s, on_change=on_change,
-                       future=asyncio.get_running_loop().create_future())
+                       budget_s=budget_s or self.profile.outage_budget_s)
         self.watches.append(watch)
         self._arrived.set()
         if self._task is None or self._task.done():
@@ -146,7 +155,14 @@ class ClusterPoller:
                 self._loop(), name=f"cluster-poller-{self.profile.ssh_conn_id}",
                 context=contextvars.Context())
         try:
-            return await watch.future
+            while True:
+                item = await watch.news.get()
+                if isinstance(item, JobEnd):
+                    return item
+                if isinstance(item, BaseException):
+                    raise item
+                if on_change is not None:
+                    on_change(item)
         finally:
             if watch in self.watches:
                 self.watches.remove(watch)
@@ -173,8 +189,7 @@ class ClusterPoller:
             self._stopping = True
             log.exception("cluster poller for %s stopped", self.profile.ssh_conn_id)
             for watch in list(self.watches):
-                if not watch.future.done():
-                    watch.future.set_exception(error)
+                watch.end(error)
         finally:
             await self._drop_connection()
 
@@ -218,7 +233,7 @@ class ClusterPoller:
 
     async def _poll_once(self) -> float:
         """One query for every watched job; returns the seconds until the next one."""
-        watches = [w for w in self.watches if not w.future.done()]
+        watches = [w for w in self.watches if not w.done]
         if not watches:
             return 0
         try:
@@ -239,13 +254,12 @@ class ClusterPoller:
         self._outage_since, self._failures = None, 0
         for watch in watches:
             report = reports[watch.job_id]
-            if report.status.state != watch.last and watch.on_change is not None:
-                watch.on_change(report.status)
+            if report.status.state != watch.last:
+                watch.news.put_nowait(report.status)
             watch.last = report.status.state
-            if report.status.state.finished and not watch.future.done():
+            if report.status.state.finished:
                 tail = tails.get(watch.key, "")
-                watch.future.set_result(JobEnd(classify_end(report.status, tail), tail,
-                                               report.accounting))
+                watch.end(JobEnd(classify_end(report.status, tail), tail, report.accounting))
                 self._count(jobs_sensed=1)
         return self._interval()
 
@@ -274,8 +288,8 @@ class ClusterPoller:
         self._failures += 1
         down_for = now - self._outage_since
         for watch in watches:
-            if down_for > watch.budget_s and not watch.future.done():
-                watch.future.set_exception(ClusterUnreachable(
+            if down_for > watch.budget_s:
+                watch.end(ClusterUnreachable(
                     f"the cluster was unreachable for {down_for:.0f} s (budget "
                     f"{watch.budget_s:.0f} s; last error: {error}); job {watch.job_id} "
                     f"(folder key {watch.key}) may still be running: a retry or a clear "
