@@ -55,13 +55,16 @@ RUN uv pip install -r pyproject.toml --extra evaluation \
     && uv pip install "datasets>=4,<6" "openai>=1.40,<4" "huggingface_hub<2" "xxhash<4" \
     && uv pip install --no-deps "lighteval==${LIGHTEVAL_VERSION}"
 
+COPY contracts/ contracts/
+COPY tracking/ tracking/
 COPY training/ training/
 COPY evaluation/ evaluation/
 COPY reporting/ reporting/
 COPY plugins/cluster_jobs/ plugins/cluster_jobs/
 COPY configs/ configs/
-RUN uv pip install --no-deps -e . \
+RUN uv pip install --no-deps . \
     && python -m evaluation --help > /dev/null
 
-ENV HF_HOME=/opt/hf-cache
+ENV HF_HOME=/opt/hf-cache \
+    LORA_REGRET_HOME=/opt/lora-regret
 CMD ["python", "-m", "evaluation", "sweep", "--help"]

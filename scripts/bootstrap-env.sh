@@ -47,5 +47,16 @@ if [ "${LORA_REGRET_LIGHTEVAL:-1}" = "1" ]; then
   touch "$lv_sp/lighteval/tasks/tasks/tinyBenchmarks.pkl"
 fi
 
+# The control plane as its image has it (docker/airflow.Dockerfile): the airflow extra only
+# (it includes reporting), the project installed normally rather than editable, no torch.
+# tests/test_airflow_env.py installs the current checkout into it and runs the DAGs there.
+# Skip with LORA_REGRET_AIRFLOW_ENV=0.
+if [ "${LORA_REGRET_AIRFLOW_ENV:-1}" = "1" ]; then
+  AV="${LORA_REGRET_AIRFLOW_VENV:-.venv-airflow}"
+  echo "[bootstrap] Airflow-only environment $AV (no ML stack)"
+  "$VENV/bin/uv" venv -q --allow-existing --python "$VENV/bin/python" "$AV"
+  "$VENV/bin/uv" pip install -q --python "$AV/bin/python" ".[airflow]" pytest
+fi
+
 echo "$want" > "$stamp"
 echo "[bootstrap] $VENV ready"
