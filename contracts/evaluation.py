@@ -7,10 +7,8 @@ by hand and the job validates its whole input before it loads anything.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +19,7 @@ from pydantic import (
 )
 
 from contracts.errors import parse
+from contracts.files import SpecFile
 from contracts.names import DEFAULT_EXPERIMENT
 from contracts.presets import load_presets
 from contracts.safe import LanguageCode, SafeName, SafePath
@@ -64,7 +63,7 @@ class EvalOptions(BaseModel):
         return value or None
 
 
-class EvalJobSpec(BaseModel):
+class EvalJobSpec(SpecFile):
     """One evaluation job: one base model, its untouched baseline and/or the runs to evaluate.
 
     ``run_ids`` None means every finished run of ``sweep_id`` and ``model``; with
@@ -73,6 +72,7 @@ class EvalJobSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    WHAT: ClassVar[str] = "evaluation spec"
 
     model: str
     sweep_id: SafeName | None = None
@@ -100,15 +100,6 @@ class EvalJobSpec(BaseModel):
         if self.baseline and self.sweep_id is None:
             raise ValueError("sweep_id: the baseline run belongs to a sweep; name one")
         return self
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> EvalJobSpec:
-        from contracts.files import read_mapping
-
-        return parse_eval_spec(read_mapping(path, "evaluation spec"))
 
 
 def parse_eval_spec(raw: Any) -> EvalJobSpec:

@@ -14,10 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contracts.errors import SpecError, parse
+from contracts.files import SpecFile
+from contracts.names import DEFAULT_EXPERIMENT
 from contracts.presets import load_presets
 from contracts.safe import MODULE_NAME_PATTERN, SafeName, SafePath
 
@@ -49,11 +50,12 @@ class DataSpec(BaseModel):
         return "local"
 
 
-class RunSpec(BaseModel):
+class RunSpec(SpecFile):
     """One training run. Defaults follow the reference study (alpha 32, all linear
     layers, dropout 0, constant LR, batch 4 x 4 accumulation, 1 epoch)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    WHAT: ClassVar[str] = "run spec"
 
     model: str
     model_path: SafePath | None = Field(
@@ -91,7 +93,7 @@ class RunSpec(BaseModel):
     # Bookkeeping: not part of the identity hash.
     output_dir: SafePath = "runs"
     sweep_id: SafeName = "adhoc"
-    experiment: SafeName = "lora-regret"
+    experiment: SafeName = DEFAULT_EXPERIMENT
     save_steps: int = Field(default=50, gt=0)
     logging_steps: int = Field(default=1, gt=0)
     final_loss_window: int = Field(default=10, gt=0, description="Last N steps averaged.")
@@ -199,17 +201,6 @@ class RunSpec(BaseModel):
             "nodes": "" if self.nodes is None else str(self.nodes),
             "gpus_per_node": "" if self.gpus_per_node is None else str(self.gpus_per_node),
         }
-
-    # -- files ---------------------------------------------------------------------------
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> RunSpec:
-        from contracts.files import read_mapping
-
-        return parse_spec(read_mapping(path, "run spec"))
 
 
 def parse_spec(raw: Any) -> RunSpec:

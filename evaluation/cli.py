@@ -22,7 +22,6 @@ from typing import Any
 from contracts.cli import add_flags, flag_values
 from contracts.errors import SpecError, parse
 from contracts.evaluation import EvalJobSpec, EvalOptions, parse_eval_spec
-from contracts.files import read_mapping
 from contracts.names import DEFAULT_EXPERIMENT
 from contracts.outcomes import EXIT_BAD_INPUT, EXIT_OK
 from evaluation.data import DataError
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(_sweep_spec(args), args.output_dir, args.output_json)
         if any(a == "--spec" or a.startswith("--spec=") for a in argv):
             args = build_spec_parser().parse_args(argv)
-            spec = parse_eval_spec(read_mapping(args.spec, "evaluation spec"))
+            spec = EvalJobSpec.from_file(args.spec)
             return run_job(spec, args.output_dir, args.output_json)
         return run_single(build_parser().parse_args(argv))
     except (SpecError, DataError, FileNotFoundError, KeyError) as error:
