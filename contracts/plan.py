@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contracts.conf import NightlyConf, SweepConf, plan_runs
+from contracts.errors import SpecError
 from contracts.evaluation import EvalJobSpec, EvalOptions
 from contracts.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest
 from contracts.outcomes import EXIT_DIVERGED, EXIT_OOM
@@ -83,6 +84,16 @@ def _layout(spec: RunSpec) -> ResourceRequest | None:
     return ResourceRequest(**layout) if layout else None
 
 
+def check_layout(spec: RunSpec, profile: ClusterProfile) -> None:
+    """A layout the cluster can give one job (the form's bounds are far wider)."""
+    if (spec.nodes or 1) > profile.max_nodes:
+        raise SpecError(f"nodes: {spec.nodes} is more than cluster profile {profile.name!r} "
+                        f"allows one job (max_nodes: {profile.max_nodes})")
+    if (spec.gpus_per_node or 0) > profile.max_gpus_per_node:
+        raise SpecError(f"gpus_per_node: {spec.gpus_per_node} is more than cluster profile "
+                        f"{profile.name!r} has (max_gpus_per_node: {profile.max_gpus_per_node})")
+
+
 def training_job(spec: RunSpec, profile: ClusterProfile) -> JobRequest:
     return JobRequest(
         name=f"lr-{spec.run_name}-{spec.spec_hash[:6]}",
@@ -120,8 +131,13 @@ def eval_options(conf: SweepConf) -> EvalOptions:
 def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLookup) -> SweepPlan:
     """Expand the conf's grid on ``profile``, drop runs that already finished (unless
     forced) and describe every job. Raises SpecError naming the first bad field."""
+    for field in ("data_source", "eval_data"):
+        if getattr(conf, field):
+            profile.check_form_path(getattr(conf, field), field)
     per_model = {m: profile.resources_for(m).job_settings for m in load_presets()}
     specs = plan_runs(conf, per_model=per_model, output_dir=profile.outputs_dir)
+    for spec in specs:
+        check_layout(spec, profile)
     done = set() if conf.force else finished(specs)
     pending = [s for s in specs if s.spec_hash not in done]
     sweep_id = conf.derived_sweep_id()

@@ -73,6 +73,13 @@ class EvalReport(BaseModel):
     def details(self) -> list[dict[str, object]]:
         return [result.detail() for result in self.results]
 
+    @classmethod
+    def read_json(cls, path: str | Path) -> EvalReport:
+        """A report written by ``write_json`` (its details become the results again)."""
+        payload = json.loads(Path(path).read_text())
+        details = payload.pop("details", [])
+        return cls.model_validate({**payload, "results": details})
+
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

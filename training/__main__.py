@@ -15,6 +15,7 @@ from contracts.files import read_mapping
 from contracts.outcomes import EXIT_BAD_INPUT as EXIT_BAD_SPEC
 from contracts.outcomes import EXIT_OK as EXIT_FINISHED
 from contracts.outcomes import OUTCOME_EXIT_CODES
+from contracts.redact import run_main
 from contracts.spec import RunSpec, parse_spec
 
 
@@ -88,6 +89,15 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return parse_spec(raw)
 
 
+def check_writable(folder: Path) -> None:
+    """The run folder can be created (its nearest existing parent is a writable folder)."""
+    parent = folder.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"output_dir: cannot create {folder} ({parent} is not a writable folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[training] %(message)s")
@@ -104,10 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.to_yaml() + f"# spec_hash: {spec.spec_hash}")
         return EXIT_FINISHED
 
-    from training.job import run_training
+    from training.data import DataError
+    from training.job import prepare_inputs, run_training
 
+    try:  # data, tokenizer and output folder checked before anything is created
+        inputs = prepare_inputs(spec)
+        check_writable(spec.run_dir)
+    except (DataError, SpecError) as error:
+        print(error, file=sys.stderr)
+        return EXIT_BAD_SPEC
     print(f"[training] {spec.run_name} spec={spec.spec_hash} -> {spec.run_dir}", file=sys.stderr)
-    outcome = run_training(spec, job_id=args.job_id, register=not args.no_register)
+    outcome = run_training(spec, job_id=args.job_id, register=not args.no_register,
+                           inputs=inputs)
     print(f"[training] {outcome.outcome}: final loss {outcome.final_loss} after "
           f"{outcome.steps} steps; MLflow run {outcome.run_id}; model {outcome.model_uri}",
           file=sys.stderr)
@@ -115,4 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

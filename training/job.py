@@ -15,14 +15,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contracts.paths import configs_dir
+from contracts.redact import redact_text
 from contracts.spec import RunSpec
-from training.data import load_cases
+from training.data import DataError, load_cases
 from training.devices import native_bf16
 from training.formatting import SftFormatter
 from training.layout import layout_tags
@@ -146,15 +147,42 @@ def is_out_of_memory(error: BaseException) -> bool:
         "out of memory" in message or "can't allocate memory" in message)
 
 
-def run_training(spec: RunSpec, job_id: str | None = None,
-                 register: bool = True) -> TrainOutcome:
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a run trains on, loaded and checked before anything is created."""
+
+    model_path: str
+    tokenizer: Any
+    dataset: Any
+
+
+def prepare_inputs(spec: RunSpec) -> TrainingInputs:
+    """The model's tokenizer and the formatted cases; DataError or SpecError (exit 2) when
+    they cannot be had, before any MLflow run or run folder exists."""
+    model_path = resolve_model_path(spec.model, spec.model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"model: cannot load the tokenizer of {model_path!r}: "
+                        f"{str(error).splitlines()[0][:300]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cases = load_cases(spec.data, seed=spec.seed)
+    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+    return TrainingInputs(model_path, tokenizer, dataset)
+
+
+def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True,
+                 inputs: TrainingInputs | None = None) -> TrainOutcome:
     """Train one spec to the end (or to divergence); record everything in MLflow.
 
     Outcomes: ``finished``; ``diverged`` (non-finite loss, training stopped early);
     ``oom`` (out of memory, recorded with the run's configuration); other errors mark
-    the run ``failed`` and propagate.
+    the run ``failed`` and propagate. Bad data or a bad model path raise before anything
+    is created.
     """
     started = time.monotonic()
+    inputs = inputs or prepare_inputs(spec)
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
@@ -163,12 +191,12 @@ def run_training(spec: RunSpec, job_id: str | None = None,
     run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
     monitor = system_metrics_monitor(run_id, resumed) if run_id else None
     try:
-        return _train(spec, run_dir, run_id, started, register)
+        return _train(spec, inputs, run_dir, run_id, started, register)
     except BaseException as error:
         if main and run_id:
             oom = is_out_of_memory(error)
             finish_run(run_id, "oom" if oom else "failed", peak_memory_mb(),
-                       {"failure_reason": f"{type(error).__name__}: {error}"[:4000],
+                       {"failure_reason": redact_text(f"{type(error).__name__}: {error}")[:4000],
                         **layout_tags(spec, accelerator=torch.cuda.is_available())})
             if oom:
                 log.error("out of memory: %s", error)
@@ -179,16 +207,11 @@ def run_training(spec: RunSpec, job_id: str | None = None,
             monitor.finish()
 
 
-def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
-           register: bool) -> TrainOutcome:
+def _train(spec: RunSpec, inputs: TrainingInputs, run_dir: Path, run_id: str | None,
+           started: float, register: bool) -> TrainOutcome:
     from trl import SFTTrainer
 
-    model_path = resolve_model_path(spec.model, spec.model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    cases = load_cases(spec.data, seed=spec.seed)
-    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+    model_path, tokenizer, dataset = inputs.model_path, inputs.tokenizer, inputs.dataset
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
 
     args = build_sft_config(spec, run_dir)
