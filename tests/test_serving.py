@@ -103,7 +103,8 @@ def test_endpoint_client_against_transformers_serve(tmp_path: Path) -> None:
     prompts = [build_prompt(q.question, q.choices, q.course) for q in eval_set.questions]
     local = TransformersBackend(model, dtype="float32", progress=False)
     with server:
-        remote = EndpointBackend(server.base_url, model, model, concurrency=2, progress=False)
+        remote = EndpointBackend(server.base_url, model, model, concurrency=2, progress=False,
+                                 token_ids=False)
         answers = remote.generate(prompts, 8)
         # transformers serve returns no log-probabilities: the client says so.
         assert remote.choice_logprobs(prompts, [choice_labels(4)] * 4) is None

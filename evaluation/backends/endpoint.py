@@ -1,35 +1,39 @@
-"""Evaluation through an OpenAI-compatible server (vLLM on GPUs, ``transformers serve`` here).
+"""Evaluation through an OpenAI-compatible server (vLLM on GPUs and here on CPU).
 
-The chat template is applied here, with the model's own tokenizer, and the rendered text
-goes to ``/v1/completions``: both backends then see identical prompts, and the
-log-likelihood scoring can continue an assistant turn that already holds the answer
-marker. One request per question, sent concurrently; the server batches them.
+The chat template is applied here, with the model's own tokenizer, and the prompt goes to
+``/v1/completions`` as token ids: the server sees exactly the tokens the in-process backend
+sees (no second tokenization, no extra BOS), and the log-likelihood scoring can continue
+an assistant turn that already holds the answer marker. One request per question, sent
+concurrently; the server batches them.
 
-Letter scoring reads the top-20 log-probabilities of the first token after the marker
-(vLLM's ``logprobs``); a label outside the top 20 scores -inf. Servers that return no
-log-probabilities (``transformers serve``) yield None: no log-likelihood accuracy.
+Letter scoring follows ``evaluation.scoring``: every label's continuation ``label###`` is
+sent after the prompt with ``echo`` and ``logprobs``, and the server returns the
+log-probability of each of those prompt tokens (all labels of a question in one request).
+No top-k list is read, so any label, of any token length, gets its real score. A server
+that returns no log-probabilities yields None: no log-likelihood accuracy is reported.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from evaluation.backends.chat import render
-from evaluation.prompt import ANSWER_PREFIX
-
-TOP_LOGPROBS = 20
+from evaluation.scoring import continuation_ids, label_score, prompt_ids, scoring_prefix_ids
 
 
 class EndpointBackend:
-    """One served model (a base model or one LoRA adapter, chosen by ``model``)."""
+    """One served model (a base model or one LoRA adapter, chosen by ``model``).
+
+    ``token_ids=False`` sends rendered text instead, for servers that accept only text
+    (``transformers serve``, the CPU stand-in in tests).
+    """
 
     def __init__(self, base_url: str, model: str, tokenizer_path: str,
                  concurrency: int = 8, timeout_s: float = 3600.0, api_key: str = "EMPTY",
-                 progress: bool = True) -> None:
+                 progress: bool = True, token_ids: bool = True) -> None:
         from openai import OpenAI
         from transformers import AutoTokenizer
 
@@ -39,6 +43,7 @@ class EndpointBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.concurrency = concurrency
         self.progress = progress
+        self.token_ids = token_ids
 
     def _map(self, what: str, fn: Any, items: list[Any]) -> list[Any]:
         started = time.monotonic()
@@ -55,8 +60,9 @@ class EndpointBackend:
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         def one(prompt: str) -> str:
             response = self.client.completions.create(
-                model=self.model, prompt=render(self.tokenizer, prompt),
-                max_tokens=max_new_tokens, temperature=0.0,
+                model=self.model, max_tokens=max_new_tokens, temperature=0.0,
+                prompt=(prompt_ids(self.tokenizer, prompt) if self.token_ids
+                        else render(self.tokenizer, prompt)),
             )
             return response.choices[0].text or ""
 
@@ -64,17 +70,25 @@ class EndpointBackend:
 
     def choice_logprobs(self, prompts: list[str],
                         labels: list[tuple[str, ...]]) -> list[list[float]] | None:
+        if not self.token_ids:
+            return None  # text-only servers return no prompt log-probabilities
+
         def one(pair: tuple[str, tuple[str, ...]]) -> list[float] | None:
             prompt, row = pair
+            prefix = scoring_prefix_ids(self.tokenizer, prompt)
+            continuations = [continuation_ids(self.tokenizer, label) for label in row]
             response = self.client.completions.create(
-                model=self.model, prompt=render(self.tokenizer, prompt, ANSWER_PREFIX),
-                max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS,
+                model=self.model, prompt=[prefix + c for c in continuations],
+                max_tokens=0, echo=True, logprobs=0, temperature=0.0,
             )
-            logprobs = response.choices[0].logprobs
-            if logprobs is None or not logprobs.top_logprobs:
-                return None
-            top = logprobs.top_logprobs[0] or {}
-            return [float(top.get(label, -math.inf)) for label in row]
+            by_index = sorted(response.choices, key=lambda choice: choice.index)
+            scores = []
+            for choice, continuation in zip(by_index, continuations, strict=True):
+                logprobs = choice.logprobs
+                if logprobs is None or not logprobs.token_logprobs:
+                    return None
+                scores.append(label_score(logprobs.token_logprobs[-len(continuation):]))
+            return scores
 
         pairs = list(zip(prompts, labels, strict=True))
         if not pairs or one(pairs[0]) is None:  # probe once: does the server score at all?
