@@ -8,9 +8,12 @@ concurrently; the server batches them.
 
 Letter scoring follows ``evaluation.scoring``: every label's continuation ``label###`` is
 sent after the prompt with ``echo`` and ``logprobs``, and the server returns the
-log-probability of each of those prompt tokens (all labels of a question in one request).
-No top-k list is read, so any label, of any token length, gets its real score. A server
-that returns no log-probabilities yields None: no log-likelihood accuracy is reported.
+log-probability of each of those prompt tokens. One sequence per request, one request at a
+time (``scoring_concurrency``): vLLM 0.32's CPU build fails a batch that holds several
+prompt-log-probability requests while LoRA is enabled (its CPU LoRA kernel applies one
+adapter index per request to every prompt row). No top-k list is read, so any label,
+of any token length, gets its real score. A server that returns no log-probabilities
+yields None: no log-likelihood accuracy is reported.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class EndpointBackend:
 
     def __init__(self, base_url: str, model: str, tokenizer_path: str,
                  concurrency: int = 8, timeout_s: float = 3600.0, api_key: str = "EMPTY",
-                 progress: bool = True, token_ids: bool = True) -> None:
+                 progress: bool = True, token_ids: bool = True,
+                 scoring_concurrency: int = 1) -> None:
         from openai import OpenAI
         from transformers import AutoTokenizer
 
@@ -44,11 +48,13 @@ class EndpointBackend:
         self.concurrency = concurrency
         self.progress = progress
         self.token_ids = token_ids
+        self.scoring_concurrency = scoring_concurrency
 
-    def _map(self, what: str, fn: Any, items: list[Any]) -> list[Any]:
+    def _map(self, what: str, fn: Any, items: list[Any], workers: int | None = None
+             ) -> list[Any]:
         started = time.monotonic()
         results: list[Any] = []
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=workers or self.concurrency) as pool:
             for done, result in enumerate(pool.map(fn, items), start=1):
                 results.append(result)
                 if self.progress and (done % 10 == 0 or done == len(items)):
@@ -77,14 +83,13 @@ class EndpointBackend:
             prompt, row = pair
             prefix = scoring_prefix_ids(self.tokenizer, prompt)
             continuations = [continuation_ids(self.tokenizer, label) for label in row]
-            response = self.client.completions.create(
-                model=self.model, prompt=[prefix + c for c in continuations],
-                max_tokens=0, echo=True, logprobs=0, temperature=0.0,
-            )
-            by_index = sorted(response.choices, key=lambda choice: choice.index)
             scores = []
-            for choice, continuation in zip(by_index, continuations, strict=True):
-                logprobs = choice.logprobs
+            for continuation in continuations:
+                response = self.client.completions.create(
+                    model=self.model, prompt=prefix + continuation, max_tokens=0, echo=True,
+                    logprobs=0, temperature=0.0,
+                )
+                logprobs = response.choices[0].logprobs
                 if logprobs is None or not logprobs.token_logprobs:
                     return None
                 scores.append(label_score(logprobs.token_logprobs[-len(continuation):]))
@@ -93,7 +98,7 @@ class EndpointBackend:
         pairs = list(zip(prompts, labels, strict=True))
         if not pairs or one(pairs[0]) is None:  # probe once: does the server score at all?
             return None
-        rows = self._map("log-likelihood", one, pairs)
+        rows = self._map("log-likelihood", one, pairs, workers=self.scoring_concurrency)
         if any(row is None for row in rows):
             return None
         return rows
