@@ -26,7 +26,7 @@ echo "[bootstrap] creating $VENV (extras: $EXTRAS)"
 # $VENV: it pins termcolor==2.3.0 (Airflow 3 needs >=3) and needs huggingface_hub<2.
 # A .pth file makes $VENV's packages (torch, transformers, this repo) visible; lighteval
 # and the requirements $VENV lacks are installed --no-deps, so nothing in $VENV changes.
-# Offline, its task registry only checks that tinyBenchmarks.pkl exists: an empty one.
+# Its details logger needs xxhash<4 (4.x refuses str). Offline, its task registry only checks that tinyBenchmarks.pkl exists: an empty one.
 # Skip with LORA_REGRET_LIGHTEVAL=0.
 if [ "${LORA_REGRET_LIGHTEVAL:-1}" = "1" ]; then
   LV="${LORA_REGRET_LIGHTEVAL_VENV:-.venv-lighteval}"
@@ -45,7 +45,7 @@ if [ "${LORA_REGRET_LIGHTEVAL:-1}" = "1" ]; then
     ijson jsonlines jsonpatch jsonpointer jsonpath-ng jsonref lxml mdit-py-plugins mmh3 \
     nest-asyncio2 platformdirs portalocker pytz semver shortuuid textual tiktoken \
     zipfile-zstd zstandard agent-client-protocol \
-    litellm==1.80.0 diskcache==5.6.3 fastuuid==0.14.0 h2==4.4.1 hpack==4.2.0 hyperframe==6.1.0
+    "xxhash>=3.5,<4" litellm==1.80.0 diskcache==5.6.3 fastuuid==0.14.0 h2==4.4.1 hpack==4.2.0 hyperframe==6.1.0
   touch "$lv_sp/lighteval/tasks/tasks/tinyBenchmarks.pkl"
 fi
 
