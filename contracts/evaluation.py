@@ -28,6 +28,7 @@ LEXAM_HUB_REPO = "LEXam-Benchmark/LEXam"
 RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,64}$")]
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 Backend = Literal["transformers", "vllm"]
+Scorer = Literal["project", "lighteval"]
 
 
 class EvalOptions(BaseModel):
@@ -82,6 +83,12 @@ class EvalJobSpec(SpecFile):
                                  description="Also evaluate the untouched base model.")
     options: EvalOptions = EvalOptions()
     backend: Backend = "transformers"
+    scorer: Scorer = Field(
+        default="project",
+        description="Who generates and scores the official accuracy: the project's own "
+                    "runner, or lighteval's runner (LEXam custom task) against the vLLM "
+                    "server; the project's scorer always adds format rate and "
+                    "log-likelihood accuracy.")
     dtype: Dtype = "auto"
     skip_evaluated: StrictBool = False
 
@@ -99,6 +106,9 @@ class EvalJobSpec(SpecFile):
             raise ValueError("sweep_id: required unless run_ids name the runs to evaluate")
         if self.baseline and self.sweep_id is None:
             raise ValueError("sweep_id: the baseline run belongs to a sweep; name one")
+        if self.scorer == "lighteval" and self.backend != "vllm":
+            raise ValueError("scorer: lighteval evaluates through the vLLM server; "
+                             "set backend to vllm")
         return self
 
 

@@ -27,7 +27,9 @@ from contracts.outcomes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from contracts.redact import redact_text
 from contracts.safe import SAFE_NAME_RE as _SAFE
 from evaluation.data import DataError
+from evaluation.lighteval_scorer import LightevalError
 from evaluation.runner import EvalReport, build_eval_set, evaluate
+from evaluation.serving import AdapterError, ServerError
 
 DEFAULT_OUTPUT_DIR = Path("runs") / "lexam"
 DTYPES = ("auto", "bfloat16", "float32", "float16")
@@ -88,6 +90,9 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-id", required=True)
     parser.add_argument("--model", required=True, help="base model preset")
     parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--scorer", default="project", choices=("project", "lighteval"),
+                        help="lighteval: its own runner generates and scores the official "
+                             "accuracy against the vLLM server (needs --backend vllm)")
     parser.add_argument("--skip-evaluated", action="store_true",
                         help="leave runs already evaluated on exactly this set alone")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
@@ -132,17 +137,29 @@ def _backend(args: argparse.Namespace, base_path: str, adapter_path: Path | None
         served = args.served_model or args.model
         return EndpointBackend(args.endpoint_url, served, base_path), nullcontext()
     from evaluation.models import adapter_rank
-    from evaluation.serving import LoraModule, ManagedServer, VllmServerConfig, free_port
+    from evaluation.serving import (
+        BASE_NAME,
+        ManagedServer,
+        VllmServerConfig,
+        free_port,
+        load_adapter,
+    )
 
-    adapters = ()
-    if adapter_path is not None:
-        adapters = (LoraModule(name="adapter", path=str(adapter_path),
-                               rank=adapter_rank(adapter_path)),)
-    config = VllmServerConfig(model=base_path, port=free_port(), adapters=adapters)
-    server = ManagedServer(config.command(), config.base_url, Path(workdir) / "vllm.log")
+    config = VllmServerConfig(
+        model=base_path, port=free_port(), dtype=resolve_dtype(args.dtype),
+        max_lora_rank=adapter_rank(adapter_path) if adapter_path is not None else None)
+    server = ManagedServer(config.command(), config.base_url, Path(workdir) / "vllm.log",
+                           env=config.env())
     server.start()
-    backend = EndpointBackend(config.base_url, "adapter" if adapters else "base", base_path)
-    return backend, _Stopper(server)
+    served = BASE_NAME
+    if adapter_path is not None:
+        try:
+            load_adapter(config.base_url, "adapter", adapter_path)
+        except Exception:
+            server.stop()
+            raise
+        served = "adapter"
+    return EndpointBackend(config.base_url, served, base_path), _Stopper(server)
 
 
 class _Stopper:
@@ -299,6 +316,7 @@ def _sweep_spec(args: argparse.Namespace) -> EvalJobSpec:
     raw: dict[str, Any] = {
         "model": args.model, "sweep_id": args.sweep_id, "experiment": args.experiment,
         "options": flag_values(args, EvalOptions), "backend": args.backend,
+        "scorer": args.scorer,
         "dtype": args.dtype, "skip_evaluated": args.skip_evaluated}
     return parse_eval_spec(raw)
 
@@ -319,3 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, DataError, FileNotFoundError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ServerError, AdapterError, LightevalError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED

@@ -103,13 +103,12 @@ def normalise_record(raw: Mapping[str, Any], index: int) -> LexamQuestion:
         raise DataError(f"{where}: {'; '.join(describe_errors(error).splitlines())}") from None
 
 
-def _letter_index(letters: str) -> int:
-    from evaluation.prompt import choice_labels
+def _letter_index(letter: str) -> int:
+    import string
 
-    labels = choice_labels(32)
-    if letters.upper() not in labels:
-        raise DataError(f"field 'gold': {letters!r} is not a choice letter")
-    return labels.index(letters.upper())
+    if len(letter) != 1 or letter.upper() not in string.ascii_uppercase:
+        raise DataError(f"field 'gold': {letter!r} is not a choice letter")
+    return string.ascii_uppercase.index(letter.upper())
 
 
 def _local_file(path: Path, choices: int) -> Path:

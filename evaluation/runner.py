@@ -22,13 +22,13 @@ from evaluation.data import (
     select_questions,
 )
 from evaluation.metrics import QuestionResult, compute_metrics
-from evaluation.prompt import PROMPT_VERSION, build_prompt, choice_labels, extract_answer
+from evaluation.prompt import build_prompt, choice_labels, extract_answer, prompt_version
 
 
 def options_identity(options: EvalOptions) -> dict[str, object]:
     """The options that change the numbers (the data enters through its content)."""
     return {
-        "prompt": PROMPT_VERSION, "choices": options.choices,
+        "prompt": prompt_version(options.choices), "choices": options.choices,
         "max_questions": options.max_questions, "seed": options.seed,
         "languages": list(options.languages) if options.languages else None,
         "max_new_tokens": options.max_new_tokens if options.generate else None,
@@ -59,6 +59,7 @@ class EvalReport(BaseModel):
     model: str
     adapter: str | None = None
     backend: str
+    scorer: str = "project"
     eval_hash: str
     data: str
     options: dict[str, object]
