@@ -148,7 +148,8 @@ def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLooku
         evaluate = tuple(
             EvalJob(spec=(spec := EvalJobSpec(
                 model=model, sweep_id=sweep_id, experiment=specs[0].experiment,
-                options=options, skip_evaluated=not conf.force)),
+                options=options, backend=conf.eval_backend, scorer=conf.eval_scorer,
+                skip_evaluated=not conf.force)),
                 job=evaluation_job(spec, profile, name=f"lr-eval-{model}"))
             for model in sorted({s.model for s in pending})
         )

@@ -276,19 +276,24 @@ def run_single(args: argparse.Namespace) -> int:
 
 
 def run_job(spec: EvalJobSpec, output_dir: str, output_json: str | None) -> int:
-    from evaluation.job import run_eval_job
+    from evaluation.job import NotEvaluated, run_eval_job
     from evaluation.tracking import tracking_enabled
 
     if not tracking_enabled():
         raise DataError("MLFLOW_TRACKING_URI: an evaluation job reads runs from MLflow; set it")
-    reports = run_eval_job(spec, output_dir)
+    code = EXIT_OK
+    try:
+        reports = run_eval_job(spec, output_dir)
+    except NotEvaluated as partial:  # the others were evaluated; the job still says so
+        reports, code = partial.reports, EXIT_FAILED
+        print(f"error: {partial}", file=sys.stderr)
     for report in reports:
         _print_summary(report)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(output_json).write_text(json.dumps(
             [r.summary_dict() for r in reports], indent=2, default=str))
-    return EXIT_OK
+    return code
 
 
 def run_log(argv: list[str]) -> int:

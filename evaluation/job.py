@@ -120,6 +120,16 @@ def find_targets(client: MlflowClient, spec: EvalJobSpec) -> list[EvalTarget]:
     return sorted(targets, key=lambda t: t.run_name)
 
 
+class NotEvaluated(RuntimeError):
+    """Some runs could not be evaluated; all the others were (``reports``), and each failed
+    run carries the reason in its tag ``lexam_eval_error``. The job exits non-zero."""
+
+    def __init__(self, reports: list[EvalReport], failures: list[str]) -> None:
+        super().__init__(f"{len(failures)} run(s) not evaluated: {', '.join(failures)}")
+        self.reports = reports
+        self.failures = failures
+
+
 def _tag_version(client: MlflowClient, model_uri: str | None, eval_hash: str) -> None:
     """The registry version says which evaluation set its run was last evaluated on."""
     if model_uri and model_uri.startswith("models:/"):
@@ -206,8 +216,7 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path, server_port: int | N
                                 workdir) as opener:
                 evaluate_with(opener, None, path, None, target.run_id, target.model_uri)
     if failures:
-        print(f"[evaluation] {len(failures)} run(s) not evaluated: {', '.join(failures)}",
-              file=sys.stderr)
+        raise NotEvaluated(reports, failures)
     return reports
 
 
