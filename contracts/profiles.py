@@ -38,6 +38,10 @@ class Resources(BaseModel):
     cpus_per_task: int | None = Field(default=None, ge=1, le=1024)
     mem: Memory | None = None
     time_limit: TimeLimit = "01:00:00"
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Memory of one GPU (GB, as sold): what the memory plan checks each "
+                    "layout against before submitting (None: no check).")
     # Settings the caller applies to the job itself (e.g. a DeepSpeed stage); opaque here.
     job_settings: dict[str, Any] = Field(default_factory=dict)
 
