@@ -104,7 +104,8 @@ def model_state_bytes(shape: ModelShape, trainable: int, world: int, zero_stage:
         weights /= world
         gathered = b.weight * shape.largest_layer_params  # one layer gathered whole ...
         weights += gathered
-        gradients += gathered  # ... with its gradient
+        if trainable >= n:
+            gradients += gathered  # ... with its gradient (a full fine-tune trains it)
     return weights, gradients, optimizer
 
 
@@ -224,3 +225,33 @@ def plan_memory(specs: Iterable[RunSpec],
                             gpu_memory_gb=res.gpu_memory_gb or spec.gpu_memory_gb,
                             presets=presets))
     return tuple(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m contracts.memory --sweep NAME --cluster PROFILE``: the memory plan of a
+    sweep preset on a cluster profile, as the sweep's plan task prints it (nothing is
+    submitted; runs already finished in MLflow are not looked up)."""
+    import argparse
+
+    from contracts.conf import parse_conf
+    from contracts.errors import SpecError
+    from contracts.plan import plan_sweep
+    from contracts.profiles import load_profile
+
+    parser = argparse.ArgumentParser(prog="python -m contracts.memory",
+                                     description=main.__doc__.splitlines()[0])
+    parser.add_argument("--sweep", default="reference", help="sweep preset (configs/sweeps)")
+    parser.add_argument("--cluster", default="alps", help="cluster profile (configs/clusters)")
+    args = parser.parse_args(argv)
+    try:
+        conf = parse_conf({"sweep": args.sweep, "cluster": args.cluster, "evaluate": False})
+        plan = plan_sweep(conf, load_profile(conf.cluster), lambda specs: set())
+    except SpecError as error:
+        print(error)
+        return 2
+    print(plan.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

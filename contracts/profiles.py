@@ -133,8 +133,9 @@ class ClusterProfile(BaseModel):
     def _consistent(self) -> ClusterProfile:
         if self.backend == "slurm" and not self.ssh_conn_id:
             raise ValueError("ssh_conn_id: required for a slurm profile")
-        if self.backend == "local" and self.launcher != "none":
-            raise ValueError("launcher: the local backend runs commands directly ('none')")
+        if self.backend == "local" and self.launcher not in ("none", "torchrun"):
+            raise ValueError("launcher: the local backend runs commands directly ('none') "
+                             "or as several processes of one machine ('torchrun')")
         for line in self.setup:
             if "\n" in line or "\r" in line:
                 raise ValueError("setup: one shell line per entry")

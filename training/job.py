@@ -29,12 +29,7 @@ from contracts.paths import configs_dir
 from contracts.spec import RunSpec
 from training.data import load_cases
 from training.devices import native_bf16
-from training.distributed import (
-    attach_deepspeed,
-    engine_facts,
-    on_rank_zero,
-    parameter_memory,
-)
+from training.distributed import attach_deepspeed, engine_facts, parameter_memory
 from training.formatting import SftFormatter
 from training.layout import layout_tags
 from training.models import resolve_model_path
@@ -42,10 +37,9 @@ from training.tracking import (
     RUN_ID_FILE,
     MetricBuffer,
     MlflowStepLogger,
-    configure_tracking,
     final_loss,
     finish_run,
-    start_or_resume_run,
+    open_run,
     system_metrics_monitor,
 )
 
@@ -161,11 +155,6 @@ def is_out_of_memory(error: BaseException) -> bool:
         "out of memory" in message or "can't allocate memory" in message)
 
 
-def _open_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str:
-    configure_tracking()
-    return start_or_resume_run(spec, run_dir, job_id)
-
-
 def run_training(spec: RunSpec, job_id: str | None = None,
                  register: bool = True) -> TrainOutcome:
     """Train one spec to the end (or to divergence); record everything in MLflow.
@@ -183,7 +172,7 @@ def run_training(spec: RunSpec, job_id: str | None = None,
         attach_deepspeed()
     main = is_main_process()
     resumed = (run_dir / RUN_ID_FILE).is_file()
-    run_id = on_rank_zero(lambda: _open_run(spec, run_dir, job_id))
+    run_id = open_run(spec, run_dir, job_id)
     monitor = system_metrics_monitor(run_id, resumed) if main and run_id else None
     try:
         return _train(spec, args, run_dir, run_id if main else None, started, register)
