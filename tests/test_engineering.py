@@ -319,3 +319,12 @@ def test_scaling_section_of_the_report(mlflow_uri: str, tmp_path: Path) -> None:
     findings = yaml.safe_load((out / "findings.json").read_text())
     assert len(findings["scaling"]["points"]) == 13
     assert any(s["id"] == "scaling.apertus-70b.oom" for s in findings["statements"])
+    # The memory plan (Alps, 96 GB) beside what happened: it agrees on every 70B layout but
+    # ZeRO-3 on 4 nodes, and holds 8B full FT with ZeRO-0 for out of memory (20 B/param).
+    said = {s["id"]: s["text"] for s in findings["statements"]}
+    assert "agreed with the outcome on 8 of 9 layouts; predicted OOM but ran: 4 nodes x 4 " \
+        "GPUs, ZeRO-3 (122 GB planned > 96)" in said["scaling.apertus-70b.memory_plan"]
+    assert "agreed with the outcome on 0 of 4 layouts" in said["scaling.apertus-8b.memory_plan"]
+    assert "| 210 > 96: OOM |" in text and "| 77 <= 96 |" in text
+    assert "Predicted out of memory by the plan before submitting: apertus-70b ZeRO-0 on 2 " \
+        "node(s)" in text and "apertus-8b ZeRO-0 on 8 node(s)." in text
