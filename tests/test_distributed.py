@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -43,8 +44,9 @@ def job_env(uri: str) -> dict[str, str]:
 def torchrun(spec: RunSpec, folder: Path, uri: str, *extra: str, **popen) -> subprocess.Popen:
     spec_file = folder / f"{spec.spec_hash}.yaml"
     spec_file.write_text(spec.to_yaml())
+    popen.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen([*TORCHRUN, "-m", "training", "--spec", str(spec_file), *extra],
-                            env=job_env(uri), stderr=subprocess.PIPE, text=True, **popen)
+                            env=job_env(uri), text=True, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> str:
@@ -206,25 +208,32 @@ def test_zero3_adapter_is_registered_from_rank_zero_and_reloads(parity_runs,
 @pytest.mark.slow
 def test_zero3_full_run_resumes_after_a_kill_and_saves_consolidated_weights(
         mlflow_uri: str, tmp_path: Path) -> None:
-    spec = RunSpec(**{**PARITY, "method": "full", "rank": None, "max_steps": 10,
-                      "save_steps": 3, "grad_accum": 1}, zero_stage=3,
+    spec = RunSpec(**{**PARITY, "method": "full", "rank": None, "max_steps": 40,
+                      "save_steps": 5, "grad_accum": 1}, zero_stage=3,
                    output_dir=str(tmp_path / "runs"))
-    first = torchrun(spec, tmp_path, mlflow_uri, "--no-register", start_new_session=True)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:  # a file, not a pipe nobody reads while we wait
+        first = torchrun(spec, tmp_path, mlflow_uri, "--no-register", stderr=sink)
     deadline = time.monotonic() + 300
     while not list(spec.run_dir.glob("checkpoint-*/trainer_state.json")):
-        assert first.poll() is None, first.stderr.read()[-3000:]
+        assert first.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)
+    # A hard kill of the job: torchrun and its workers (which run in sessions of their own).
+    launcher = psutil.Process(first.pid)
+    for process in [*launcher.children(recursive=True), launcher]:
+        process.send_signal(signal.SIGKILL)
     first.communicate()
     run_id = (spec.run_dir / "mlflow_run_id").read_text()
-    assert MlflowClient().get_run(run_id).data.tags["outcome"] == "running"
+    assert MlflowClient().get_run(run_id).data.tags["outcome"] == "running", "killed too late"
+    saved_steps = {p.parent.name for p in spec.run_dir.glob("checkpoint-*/trainer_state.json")}
 
     err = finish(torchrun(spec, tmp_path, mlflow_uri))
-    assert "resuming from" in err and "checkpoint-3" in err
+    resumed = next(line for line in err.splitlines() if "resuming from" in line)
+    assert resumed.rsplit("/", 1)[-1] in saved_steps, (resumed, saved_steps)
     run = run_of(spec)
     assert run.info.run_id == run_id, "the retry continues the same run"
-    assert run.data.metrics["train/global_steps"] == 10
+    assert run.data.metrics["train/global_steps"] == 40
     assert run.data.tags["engine/zero_stage"] == "3"
     # One consolidated state dict with every tensor whole, loadable without DeepSpeed.
     final = spec.run_dir / "final"

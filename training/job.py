@@ -168,6 +168,7 @@ def run_training(spec: RunSpec, job_id: str | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     # First: the process group (all ranks) and the DeepSpeed config the model loads under.
     args = build_sft_config(spec, run_dir)
+    log.info("%d training process(es)", args.world_size)  # sets up the process group
     if spec.zero_stage is not None:
         attach_deepspeed()
     main = is_main_process()
