@@ -35,6 +35,7 @@ def measure(stage: int, model: str, folder: Path) -> dict[str, float]:
                    per_device_batch=1, grad_accum=1, max_seq_length=256, bf16="off",
                    data={"source": "synthetic", "synthetic_size": 8}, zero_stage=stage,
                    save_steps=100, output_dir=str(folder / "runs"), sweep_id=f"load-z{stage}")
+    folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / f"z{stage}.yaml"
     spec_file.write_text(spec.to_yaml())
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1",
