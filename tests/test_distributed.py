@@ -98,6 +98,7 @@ OPEN_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_only_rank_zero_opens_the_store_and_the_others_fail_with_its_error(
         tmp_path: Path) -> None:
     """Rank 1 is given a store of its own: it must never be created (rank 1 opens nothing).
