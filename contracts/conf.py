@@ -132,6 +132,10 @@ class SweepConf(BaseModel):
     force: StrictBool = Field(
         default=False, title="Force re-run",
         description="Train runs even if an identical run already finished.")
+    submit_predicted_oom: StrictBool = Field(
+        default=False, title="Submit predicted OOM",
+        description="Also submit layouts the memory plan predicts will not fit in GPU "
+                    "memory (default: they are listed in the plan and held back).")
     evaluate: StrictBool = Field(default=True, title="Evaluate on LEXam")
     eval_max_questions: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] | None = Field(
         default=None, title="LEXam questions",

@@ -38,6 +38,10 @@ class Resources(BaseModel):
     cpus_per_task: int | None = Field(default=None, ge=1, le=1024)
     mem: Memory | None = None
     time_limit: TimeLimit = "01:00:00"
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Memory of one GPU (GB, as sold): what the memory plan checks each "
+                    "layout against before submitting (None: no check).")
     # Settings the caller applies to the job itself (e.g. a DeepSpeed stage); opaque here.
     job_settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -139,8 +143,9 @@ class ClusterProfile(BaseModel):
     def _consistent(self) -> ClusterProfile:
         if self.backend == "slurm" and not self.ssh_conn_id:
             raise ValueError("ssh_conn_id: required for a slurm profile")
-        if self.backend == "local" and self.launcher != "none":
-            raise ValueError("launcher: the local backend runs commands directly ('none')")
+        if self.backend == "local" and self.launcher not in ("none", "torchrun"):
+            raise ValueError("launcher: the local backend runs commands directly ('none') "
+                             "or as several processes of one machine ('torchrun')")
         for line in self.setup:
             if "\n" in line or "\r" in line:
                 raise ValueError("setup: one shell line per entry")

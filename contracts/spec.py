@@ -95,6 +95,10 @@ class RunSpec(SpecFile):
         default=None, strict=True, ge=0, le=64,
         description="Accelerators per node, one training process each (0: one CPU process).")
     # Bookkeeping: not part of the identity hash.
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Memory of one GPU where the run is planned (the cluster profile's "
+                    "resources.gpu_memory_gb); what its memory plan is checked against.")
     output_dir: SafePath = "runs"
     sweep_id: SafeName = "adhoc"
     experiment: SafeName = DEFAULT_EXPERIMENT
@@ -106,7 +110,7 @@ class RunSpec(SpecFile):
     # Fields that do not change what is trained.
     NON_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"model_path", "output_dir", "sweep_id", "experiment", "save_steps",
-         "logging_steps", "final_loss_window"}
+         "logging_steps", "final_loss_window", "gpu_memory_gb"}
     )
     # Identity fields added later: left out of the hash while unset (stable old hashes).
     OPTIONAL_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset({"nodes", "gpus_per_node"})

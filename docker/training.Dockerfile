@@ -41,12 +41,14 @@ COPY --from=uv /uv /usr/local/bin/uv
 RUN uv venv --python /usr/bin/python3.12 /opt/venv \
     && uv pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# Dependencies only (cached until pyproject.toml changes). DeepSpeed builds against the
-# torch already installed: no build isolation, no ops compiled now (DS_BUILD_OPS=0).
+# Dependencies only (cached until pyproject.toml changes). DeepSpeed (training extra, an
+# sdist) builds against the torch already installed: no build isolation for it, no ops
+# compiled now (DS_BUILD_OPS=0; they are built just in time on the GPU nodes).
 WORKDIR /opt/lora-regret
 COPY pyproject.toml README.md ./
-RUN uv pip install -r pyproject.toml --extra training --extra evaluation \
-    && DS_BUILD_OPS=0 uv pip install --no-build-isolation -r pyproject.toml --extra deepspeed \
+RUN uv pip install setuptools wheel \
+    && DS_BUILD_OPS=0 uv pip install --no-build-isolation-package deepspeed \
+        -r pyproject.toml --extra training --extra evaluation \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 
 # The project, a normal install: configs/ goes to <prefix>/share/lora-regret.

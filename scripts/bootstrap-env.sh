@@ -20,7 +20,12 @@ echo "[bootstrap] creating $VENV (extras: $EXTRAS)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip uv
 "$VENV/bin/pip" install -q "torch==2.13.0"
+# DeepSpeed (training extra) is an sdist: build it without compiling ops (DS_BUILD_OPS=0;
+# they are built just in time where used). Its build does not import torch, so it cannot
+# pull a CUDA torch; the check after the install makes sure the pinned torch stayed.
+export DS_BUILD_OPS="${DS_BUILD_OPS:-0}"
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" -q -e ".[$EXTRAS]"
+"$VENV/bin/python" -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
 
 # lighteval (evaluation/lighteval_tasks.py) gets an environment of its own, layered on
 # $VENV: it pins termcolor==2.3.0 (Airflow 3 needs >=3) and needs huggingface_hub<2.

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-seq-length", type=int, help="tokens per example (default 1024)")
     add("--lr-schedule", choices=["constant", "constant_with_warmup", "linear", "cosine"])
     add("--zero-stage", type=int, choices=[0, 2, 3], help="DeepSpeed ZeRO stage")
+    add("--bf16", choices=["auto", "on", "off"],
+        help="bfloat16 (auto: where the hardware computes in it natively)")
     add("--data", help="'synthetic', 'hub:rcds/swiss_judgment_prediction', or a JSONL/"
         "Parquet file or folder in the SJP schema")
     add("--data-config", help="hub dataset config (e.g. all_languages)")
@@ -70,7 +72,7 @@ DATA_FLAGS = {"data": "source", "data_config": "hub_config", "languages": "langu
               "max_samples": "max_samples"}
 SPEC_FLAGS = ("model", "model_path", "method", "lr", "rank", "alpha", "seed", "epochs",
               "max_steps", "per_device_batch", "grad_accum", "max_seq_length", "lr_schedule",
-              "zero_stage", "output_dir", "sweep_id", "experiment", "save_steps")
+              "zero_stage", "bf16", "output_dir", "sweep_id", "experiment", "save_steps")
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
