@@ -24,6 +24,7 @@ enough.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -176,6 +177,11 @@ def _error_message(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}: {response.text[:500]}"
 
 
+# Lines that name what went wrong: vLLM's ERROR records and Python exception lines.
+_ERROR_LINE = re.compile(r"\bERROR\b|^\S*(Error|Exception)\b[^\n]*:|\b\w+(Error|Exception): ")
+MAX_CAUSE_LINES = 12
+
+
 class ManagedServer:
     """Start a server command, wait until ``/health`` answers, stop it on exit."""
 
@@ -189,12 +195,17 @@ class ManagedServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def tail(self, lines: int = 40) -> str:
-        """The server's last log lines."""
+        """The server's first error lines (the root cause vLLM refers to as "above"),
+        then its last log lines."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        last = text[-lines:]
+        causes = [line for line in text[:-lines] if _ERROR_LINE.search(line)]
+        causes = list(dict.fromkeys(causes))[:MAX_CAUSE_LINES]
+        head = [*causes, "..."] if causes else []
+        return "\n".join(head + last)
 
     def start(self) -> ManagedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
