@@ -5,6 +5,8 @@ Both sides train smollm2-135m on the same formatted SJP cases (the real sample i
 and number of steps. lora-regret's side is the real job (``training.job.run_training``,
 MLflow included); the plain side is SFTTrainer with TRL's defaults for everything else
 (bf16 and gradient checkpointing as TRL chooses, LoRA through ``peft_config``).
+lora-regret's side runs once per ``--bf16`` setting (default ``on,off``: bfloat16 autocast
+and float32), so the rule behind ``bf16: auto`` (native bf16 only) can be checked here.
 
 Throughput is measured the same way on both sides: training tokens counted by TRL
 (``num_tokens``) between consecutive logged steps, divided by the wall time between them;
@@ -72,7 +74,7 @@ def plain_trl(method: str, model_path: str, dataset, args: argparse.Namespace,
 
 
 def lora_regret(method: str, args: argparse.Namespace, data_source: str,
-                workdir: Path) -> float:
+                workdir: Path, bf16: str = "auto") -> float:
     from mlflow.tracking import MlflowClient
 
     from contracts.spec import RunSpec
@@ -82,7 +84,7 @@ def lora_regret(method: str, args: argparse.Namespace, data_source: str,
                    rank=args.rank if method == "lora" else None, max_steps=args.steps,
                    per_device_batch=args.batch, grad_accum=1, max_seq_length=args.seq_len,
                    data={"source": data_source}, output_dir=str(workdir / "runs"),
-                   save_steps=10_000, sweep_id="benchmark")
+                   save_steps=10_000, sweep_id="benchmark", bf16=bf16)
     outcome = run_training(spec, register=False)
     history = MlflowClient().get_metric_history(outcome.run_id, "train/tokens_per_second")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]
@@ -96,6 +98,8 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--methods", default="lora,full")
+    parser.add_argument("--bf16", default="on,off",
+                        help="lora-regret's bf16 settings to measure (auto: native bf16 only)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -115,17 +119,21 @@ def main() -> int:
     cases = load_cases(DataSpec(source=data_source))
     dataset = SftFormatter(tokenizer, args.seq_len).format(cases)
 
+    from training.devices import native_bf16
+
     results = {"data": data_source, "steps": args.steps, "batch": args.batch,
                "seq_len": args.seq_len, "rank": args.rank, "threads": torch.get_num_threads(),
-               "tokens_per_second": {}}
+               "native_bf16": native_bf16(), "tokens_per_second": {}}
     for method in args.methods.split(","):
-        ours = lora_regret(method, args, data_source, workdir)
         plain = plain_trl(method, model_path, dataset, args, workdir)
-        results["tokens_per_second"][method] = {
-            "lora_regret": round(ours, 1), "plain_trl_defaults": round(plain, 1),
-            "ratio": round(ours / plain, 2)}
-        print(f"{method}: lora-regret {ours:.0f} tok/s, plain TRL {plain:.0f} tok/s, "
-              f"ratio {ours / plain:.2f}", flush=True)
+        entry: dict[str, float] = {"plain_trl_defaults": round(plain, 1)}
+        for bf16 in args.bf16.split(","):
+            ours = lora_regret(method, args, data_source, workdir, bf16=bf16)
+            entry[f"lora_regret_bf16_{bf16}"] = round(ours, 1)
+            entry[f"ratio_bf16_{bf16}"] = round(ours / plain, 2)
+            print(f"{method}: lora-regret (bf16 {bf16}) {ours:.0f} tok/s, plain TRL "
+                  f"{plain:.0f} tok/s, ratio {ours / plain:.2f}", flush=True)
+        results["tokens_per_second"][method] = entry
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

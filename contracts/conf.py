@@ -14,10 +14,18 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contracts.errors import SpecError, describe_errors, parse
-from contracts.evaluation import LEXAM_HUB_REPO, Dtype, EvalOptions
+from contracts.evaluation import LEXAM_HUB_REPO, Dtype, EvalOptions, Scorer
 from contracts.evaluation import Backend as EvalBackend
 from contracts.presets import load_presets
 from contracts.safe import SafeName, SafePath
@@ -124,6 +132,10 @@ class SweepConf(BaseModel):
     force: StrictBool = Field(
         default=False, title="Force re-run",
         description="Train runs even if an identical run already finished.")
+    submit_predicted_oom: StrictBool = Field(
+        default=False, title="Submit predicted OOM",
+        description="Also submit layouts the memory plan predicts will not fit in GPU "
+                    "memory (default: they are listed in the plan and held back).")
     evaluate: StrictBool = Field(default=True, title="Evaluate on LEXam")
     eval_max_questions: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] | None = Field(
         default=None, title="LEXam questions",
@@ -135,6 +147,15 @@ class SweepConf(BaseModel):
     eval_data: SafePath | None = Field(
         default=None, title="LEXam data",
         description="Local LEXam JSONL, 'synthetic' or hub:REPO (default: the evaluator's).")
+    eval_backend: EvalBackend = Field(
+        default="transformers", title="Evaluation backend",
+        description="transformers (in process) or vllm (one server per base model, its "
+                    "adapters loaded in turn).")
+    eval_scorer: Scorer = Field(
+        default="project", title="LEXam scorer",
+        description="project, or lighteval (its own runner against the vLLM server; needs "
+                    "the vllm backend). Format rate and log-likelihood accuracy always come "
+                    "from the project's scorer.")
 
     @field_validator(*AXES, *INFRA_AXES, mode="before")
     @classmethod
@@ -171,6 +192,13 @@ class SweepConf(BaseModel):
             if name not in known:
                 raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
         return value
+
+    @model_validator(mode="after")
+    def _scorer_needs_its_backend(self) -> SweepConf:
+        if self.eval_scorer == "lighteval" and self.eval_backend != "vllm":
+            raise ValueError("eval_scorer: lighteval evaluates through the vLLM server; set "
+                             "eval_backend to vllm")
+        return self
 
     def overrides(self) -> dict[str, Any]:
         """The fields that change the preset's runs (for the derived sweep id)."""

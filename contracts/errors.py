@@ -18,7 +18,10 @@ class SpecError(ValueError):
 
     @classmethod
     def from_validation(cls, error: ValidationError, prefix: str = "") -> SpecError:
+        """``prefix`` and one line per bad field; a single bad field stays on one line."""
         body = describe_errors(error)
+        if "\n" not in body:
+            prefix = prefix.rstrip("\n") + " " if prefix.strip() else prefix
         return cls(f"{prefix}{body}" if prefix else body)
 
 

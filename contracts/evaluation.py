@@ -7,10 +7,8 @@ by hand and the job validates its whole input before it loads anything.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +19,7 @@ from pydantic import (
 )
 
 from contracts.errors import parse
+from contracts.files import SpecFile
 from contracts.names import DEFAULT_EXPERIMENT
 from contracts.presets import load_presets
 from contracts.safe import LanguageCode, SafeName, SafePath
@@ -29,6 +28,7 @@ LEXAM_HUB_REPO = "LEXam-Benchmark/LEXam"
 RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{1,64}$")]
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 Backend = Literal["transformers", "vllm"]
+Scorer = Literal["project", "lighteval"]
 
 
 class EvalOptions(BaseModel):
@@ -64,7 +64,7 @@ class EvalOptions(BaseModel):
         return value or None
 
 
-class EvalJobSpec(BaseModel):
+class EvalJobSpec(SpecFile):
     """One evaluation job: one base model, its untouched baseline and/or the runs to evaluate.
 
     ``run_ids`` None means every finished run of ``sweep_id`` and ``model``; with
@@ -73,6 +73,7 @@ class EvalJobSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    WHAT: ClassVar[str] = "evaluation spec"
 
     model: str
     sweep_id: SafeName | None = None
@@ -82,6 +83,12 @@ class EvalJobSpec(BaseModel):
                                  description="Also evaluate the untouched base model.")
     options: EvalOptions = EvalOptions()
     backend: Backend = "transformers"
+    scorer: Scorer = Field(
+        default="project",
+        description="Who generates and scores the official accuracy: the project's own "
+                    "runner, or lighteval's runner (LEXam custom task) against the vLLM "
+                    "server; the project's scorer always adds format rate and "
+                    "log-likelihood accuracy.")
     dtype: Dtype = "auto"
     skip_evaluated: StrictBool = False
 
@@ -99,16 +106,10 @@ class EvalJobSpec(BaseModel):
             raise ValueError("sweep_id: required unless run_ids name the runs to evaluate")
         if self.baseline and self.sweep_id is None:
             raise ValueError("sweep_id: the baseline run belongs to a sweep; name one")
+        if self.scorer == "lighteval" and self.backend != "vllm":
+            raise ValueError("scorer: lighteval evaluates through the vLLM server; "
+                             "set backend to vllm")
         return self
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> EvalJobSpec:
-        from contracts.files import read_mapping
-
-        return parse_eval_spec(read_mapping(path, "evaluation spec"))
 
 
 def parse_eval_spec(raw: Any) -> EvalJobSpec:

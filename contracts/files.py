@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import yaml
+from pydantic import BaseModel
 
-from contracts.errors import SpecError
+from contracts.errors import SpecError, parse
 
 MAX_SPEC_BYTES = 1_000_000
 
@@ -41,3 +42,16 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
         raise SpecError(f"{what}: {path} must hold a mapping of fields, not "
                         f"{type(raw).__name__}")
     return raw
+
+
+class SpecFile(BaseModel):
+    """A model that travels as a YAML file in a job folder (run spec, evaluation spec)."""
+
+    WHAT: ClassVar[str] = "spec"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        return parse(cls, read_mapping(path, cls.WHAT), cls.WHAT)

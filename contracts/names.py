@@ -18,6 +18,7 @@ TAG_CHECKPOINT_PATH = "checkpoint_path"
 TAG_REGISTERED_MODEL_URI = "registered_model_uri"
 TAG_LEXAM_EVAL_HASH = "lexam_eval_hash"
 TAG_KIND = "kind"
+TAG_MEMORY_PLAN = "memory_plan"  # fits | predicted_oom | unknown (contracts.memory)
 METHOD_BASE = "base"  # the baseline run of an untouched base model
 
 # Metric prefixes.

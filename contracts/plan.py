@@ -18,6 +18,7 @@ from contracts.conf import NightlyConf, SweepConf, plan_runs
 from contracts.errors import SpecError
 from contracts.evaluation import EvalJobSpec, EvalOptions
 from contracts.jobs import JOB_DIR_PLACEHOLDER, JOB_ID_PLACEHOLDER, JobRequest
+from contracts.memory import MemoryEstimate, plan_memory
 from contracts.outcomes import EXIT_DIVERGED, EXIT_OOM
 from contracts.presets import load_presets
 from contracts.profiles import ClusterProfile, ResourceRequest
@@ -80,11 +81,22 @@ class SweepPlan(BaseModel):
     n_finished: int
     train: tuple[TrainJob, ...]
     evaluate: tuple[EvalJob, ...]
+    memory: tuple[MemoryEstimate, ...] = ()  # the memory plan of every run not finished
+    held_back: tuple[str, ...] = ()  # run names predicted OOM and not submitted
 
     def summary(self) -> str:
-        return (f"sweep {self.sweep_id}: {self.n_runs} runs, {self.n_finished} already "
+        head = (f"sweep {self.sweep_id}: {self.n_runs} runs, {self.n_finished} already "
                 f"finished, {len(self.train)} to train, {len(self.evaluate)} evaluation "
                 f"job(s) on {self.profile}")
+        oom = [m for m in self.memory if m.predicted_oom]
+        if self.held_back:
+            head += (f"; {len(self.held_back)} predicted OOM held back (set "
+                     "submit_predicted_oom to submit them)")
+        elif oom:
+            head += f"; {len(oom)} predicted OOM submitted anyway (submit_predicted_oom)"
+        lines = [f"  {'predicted OOM' if m.predicted_oom else m.verdict}: {m.line()}"
+                 for m in self.memory if m.total_gb is not None]
+        return "\n".join([head, *(["memory plan:", *lines] if lines else [])])
 
     def job_kwargs(self, jobs: Iterable[TrainJob | EvalJob]) -> list[dict[str, Any]]:
         return job_kwargs(jobs, self.profile)
@@ -100,6 +112,16 @@ def _layout(spec: RunSpec) -> ResourceRequest | None:
     layout = {k: getattr(spec, k) for k in ("nodes", "gpus_per_node")
               if getattr(spec, k) is not None}
     return ResourceRequest(**layout) if layout else None
+
+
+def check_layout(spec: RunSpec, profile: ClusterProfile) -> None:
+    """A layout the cluster can give one job (the form's bounds are far wider)."""
+    if (spec.nodes or 1) > profile.max_nodes:
+        raise SpecError(f"nodes: {spec.nodes} is more than cluster profile {profile.name!r} "
+                        f"allows one job (max_nodes: {profile.max_nodes})")
+    if (spec.gpus_per_node or 0) > profile.max_gpus_per_node:
+        raise SpecError(f"gpus_per_node: {spec.gpus_per_node} is more than cluster profile "
+                        f"{profile.name!r} has (max_gpus_per_node: {profile.max_gpus_per_node})")
 
 
 def training_job(spec: RunSpec, profile: ClusterProfile) -> JobRequest:
@@ -141,11 +163,20 @@ def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLooku
     forced) and describe every job. Raises SpecError naming the first bad field, or the
     grid when it has more than MAX_RUNS runs (checked before anything is expanded)."""
     check_size(conf)
-    per_model = {m: profile.resources_for(m).job_settings for m in load_presets()}
+    for field in ("data_source", "eval_data"):
+        if getattr(conf, field):
+            profile.check_form_path(getattr(conf, field), field)
+    per_model = {m: _model_settings(profile, m) for m in load_presets()}
     specs = plan_runs(conf, per_model=per_model, output_dir=profile.outputs_dir)
+    for spec in specs:
+        check_layout(spec, profile)
     done = set() if conf.force else finished(specs)
     pending = [s for s in specs if s.spec_hash not in done]
     sweep_id = conf.derived_sweep_id()
+    memory = plan_memory(pending, lambda s: profile.resources_for(s.model, _layout(s)))
+    held_back = set() if conf.submit_predicted_oom else {
+        m.run_name for m in memory if m.predicted_oom}
+    pending = [s for s in pending if s.run_name not in held_back]
     train = tuple(TrainJob(spec=s, job=training_job(s, profile)) for s in pending)
     evaluate: tuple[EvalJob, ...] = ()
     if conf.evaluate:  # the models that train now; already evaluated runs are skipped
@@ -153,13 +184,22 @@ def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLooku
         evaluate = tuple(
             EvalJob(spec=(spec := EvalJobSpec(
                 model=model, sweep_id=sweep_id, experiment=specs[0].experiment,
-                options=options, skip_evaluated=not conf.force)),
+                options=options, backend=conf.eval_backend, scorer=conf.eval_scorer,
+                skip_evaluated=not conf.force)),
                 job=evaluation_job(spec, profile, name=f"lr-eval-{model}"))
             for model in sorted({s.model for s in pending})
         )
     return SweepPlan(sweep_id=sweep_id, profile=profile.name, n_runs=len(specs),
                      n_finished=len(done & {s.spec_hash for s in specs}), train=train,
-                     evaluate=evaluate)
+                     evaluate=evaluate, memory=memory, held_back=tuple(sorted(held_back)))
+
+
+def _model_settings(profile: ClusterProfile, model: str) -> dict[str, Any]:
+    """What the profile sets on a model's runs: its job settings (e.g. the ZeRO stage) and
+    the GPU memory its memory plan is checked against."""
+    resources = profile.resources_for(model)
+    memory = {"gpu_memory_gb": resources.gpu_memory_gb} if resources.gpu_memory_gb else {}
+    return {**resources.job_settings, **memory}
 
 
 def plan_nightly(conf: NightlyConf, profile: ClusterProfile,

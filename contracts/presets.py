@@ -27,6 +27,13 @@ class ModelPreset(BaseModel):
     pypi_package: str | None = None
     gguf_file: str | None = None
 
+    def lora_fraction(self, rank: int) -> float | None:
+        """Trainable share of a rank-``rank`` LoRA model, measured against the base
+        model's size as the training job logs it (rank 64 on Apertus 8B: 1.98%)."""
+        if not self.total_params or not self.lora_params_per_rank:
+            return None
+        return rank * self.lora_params_per_rank / self.total_params
+
 
 def load_presets() -> dict[str, ModelPreset]:
     return _load(configs_dir() / "models.yaml")

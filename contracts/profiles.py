@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -38,6 +38,10 @@ class Resources(BaseModel):
     cpus_per_task: int | None = Field(default=None, ge=1, le=1024)
     mem: Memory | None = None
     time_limit: TimeLimit = "01:00:00"
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Memory of one GPU (GB, as sold): what the memory plan checks each "
+                    "layout against before submitting (None: no check).")
     # Settings the caller applies to the job itself (e.g. a DeepSpeed stage); opaque here.
     job_settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -120,6 +124,16 @@ class ClusterProfile(BaseModel):
         default=("MLFLOW_TRACKING_URI",),
         description="Variables copied from the submitting side's environment into the job.",
     )
+    data_roots: tuple[Token, ...] = Field(
+        default=(),
+        description="Folders under which an absolute data path from a trigger form may lie "
+        "(absolute, or relative to the repository for the local backend). Relative paths "
+        "are read in the job's folder (chdir) and may not climb out ('..').",
+    )
+    max_nodes: int = Field(default=64, ge=1, le=4096,
+                           description="Most nodes one job may ask for.")
+    max_gpus_per_node: int = Field(default=8, ge=0, le=64,
+                                   description="Most GPUs per node one job may ask for.")
     sbatch_options: tuple[Token, ...] = ()
     poll_interval: float = Field(
         default=30.0, gt=0, le=3600,
@@ -142,8 +156,9 @@ class ClusterProfile(BaseModel):
     def _consistent(self) -> ClusterProfile:
         if self.backend == "slurm" and not self.ssh_conn_id:
             raise ValueError("ssh_conn_id: required for a slurm profile")
-        if self.backend == "local" and self.launcher != "none":
-            raise ValueError("launcher: the local backend runs commands directly ('none')")
+        if self.backend == "local" and self.launcher not in ("none", "torchrun"):
+            raise ValueError("launcher: the local backend runs commands directly ('none') "
+                             "or as several processes of one machine ('torchrun')")
         for line in self.setup:
             if "\n" in line or "\r" in line:
                 raise ValueError("setup: one shell line per entry")
@@ -167,6 +182,28 @@ class ClusterProfile(BaseModel):
         if merged == self.resources.model_dump():
             return self.resources
         return Resources.model_validate(merged)
+
+    def check_form_path(self, value: str, field: str) -> str:
+        """A data path from a trigger form: ``synthetic``, ``hub:...``, a relative path
+        that stays inside the job's folder, or an absolute one under ``data_roots``."""
+        if value == "synthetic" or value.startswith("hub:"):
+            return value
+        path = PurePosixPath(value)
+        if ".." in path.parts or any(p.startswith(".") for p in path.parts if p != "."):
+            raise SpecError(f"{field}: {value!r} may not contain '..' or name hidden files "
+                            "or folders")
+        if path.is_absolute():
+            roots = [PurePosixPath(os.path.normpath(self._root(r))) for r in self.data_roots]
+            if not any(root == path or root in path.parents for root in roots):
+                where = ", ".join(map(str, roots)) or "none configured"
+                raise SpecError(
+                    f"{field}: {value!r} is outside the data folders of cluster profile "
+                    f"{self.name!r} ({where}); give a path under one of them, or relative "
+                    "to the job's folder")
+        return value
+
+    def _root(self, root: str) -> str:
+        return str(self.local_path(root)) if self.backend == "local" else root
 
     def python_executable(self) -> str:
         return self.python or sys.executable

@@ -14,10 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from contracts.errors import SpecError, parse
+from contracts.files import SpecFile
+from contracts.names import DEFAULT_EXPERIMENT
 from contracts.presets import load_presets
 from contracts.safe import MODULE_NAME_PATTERN, SafeName, SafePath
 
@@ -31,14 +32,14 @@ class DataSpec(BaseModel):
     or a local JSONL/Parquet file or folder in the SJP schema.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     source: SafePath = "synthetic"
     hub_config: SafeName | None = None
     split: SafeName = "train"
     languages: tuple[Literal["de", "fr", "it"], ...] | None = None
-    max_samples: int | None = Field(default=None, gt=0)
-    synthetic_size: int = Field(default=512, gt=0, le=1_000_000)
+    max_samples: int | None = Field(default=None, strict=True, gt=0, le=100_000_000)
+    synthetic_size: int = Field(default=512, strict=True, gt=0, le=1_000_000)
 
     @property
     def kind(self) -> Literal["synthetic", "hub", "local"]:
@@ -49,60 +50,76 @@ class DataSpec(BaseModel):
         return "local"
 
 
-class RunSpec(BaseModel):
+class RunSpec(SpecFile):
     """One training run. Defaults follow the reference study (alpha 32, all linear
     layers, dropout 0, constant LR, batch 4 x 4 accumulation, 1 epoch)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers are taken as given (no bool/str coercion) and must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    WHAT: ClassVar[str] = "run spec"
 
     model: str
     model_path: SafePath | None = Field(
         default=None, description="Local folder with the model's weights (overrides the hub)."
     )
     method: Literal["lora", "full"]
-    lr: float = Field(gt=0, le=1.0)
-    rank: int | None = Field(default=None, gt=0, le=MAX_RANK)
-    alpha: float = Field(default=32.0, gt=0)
+    lr: float = Field(strict=True, gt=0, le=1.0)
+    rank: int | None = Field(default=None, strict=True, gt=0, le=MAX_RANK)
+    alpha: float = Field(default=32.0, strict=True, gt=0, le=1_000_000)
     target_modules: Literal["all-linear"] | tuple[str, ...] = "all-linear"
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    epochs: float = Field(default=1.0, gt=0, le=100)
-    max_steps: int | None = Field(default=None, gt=0, description="Overrides epochs.")
-    per_device_batch: int = Field(default=4, gt=0, le=4096)
-    grad_accum: int = Field(default=4, gt=0, le=4096)
-    max_seq_length: int = Field(default=1024, ge=32, le=131072)
+    dropout: float = Field(default=0.0, strict=True, ge=0.0, lt=1.0)
+    seed: int = Field(default=0, strict=True, ge=0, le=2**31 - 1)
+    epochs: float = Field(default=1.0, strict=True, gt=0, le=100)
+    max_steps: int | None = Field(default=None, strict=True, gt=0, le=100_000_000,
+                                  description="Overrides epochs.")
+    per_device_batch: int = Field(default=4, strict=True, gt=0, le=4096)
+    grad_accum: int = Field(default=4, strict=True, gt=0, le=4096)
+    max_seq_length: int = Field(default=1024, strict=True, ge=32, le=131072)
     lr_schedule: Literal[
         "constant", "constant_with_warmup", "linear", "cosine"
     ] = "constant"
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    warmup_ratio: float = Field(default=0.0, strict=True, ge=0.0, lt=1.0)
     data: DataSpec = DataSpec()
     zero_stage: Literal[0, 2, 3] | None = Field(
         default=None, description="DeepSpeed ZeRO stage; None trains without DeepSpeed."
     )
-    bf16: Literal["auto", "on", "off"] = "auto"
-    gradient_checkpointing: bool = False
+    bf16: Literal["auto", "on", "off"] = Field(
+        default="auto", description="auto: where the hardware computes in bf16 natively.")
+    gradient_checkpointing: StrictBool = False
     # Infrastructure (engineering sweeps): part of the identity when set, because two runs
     # differing only in nodes are different measurements; None leaves the choice to the
     # cluster profile and keeps the hash of runs that never named them unchanged.
-    nodes: int | None = Field(default=None, ge=1, le=4096, description="Nodes of the job.")
+    nodes: int | None = Field(default=None, strict=True, ge=1, le=4096,
+                              description="Nodes of the job.")
     gpus_per_node: int | None = Field(
-        default=None, ge=0, le=64,
+        default=None, strict=True, ge=0, le=64,
         description="Accelerators per node, one training process each (0: one CPU process).")
     # Bookkeeping: not part of the identity hash.
+    gpu_memory_gb: float | None = Field(
+        default=None, gt=0, le=100_000,
+        description="Memory of one GPU where the run is planned (the cluster profile's "
+                    "resources.gpu_memory_gb); what its memory plan is checked against.")
     output_dir: SafePath = "runs"
     sweep_id: SafeName = "adhoc"
-    experiment: SafeName = "lora-regret"
-    save_steps: int = Field(default=50, gt=0)
-    logging_steps: int = Field(default=1, gt=0)
-    final_loss_window: int = Field(default=10, gt=0, description="Last N steps averaged.")
+    experiment: SafeName = DEFAULT_EXPERIMENT
+    save_steps: int = Field(default=50, strict=True, gt=0, le=100_000_000)
+    logging_steps: int = Field(default=1, strict=True, gt=0, le=100_000_000)
+    final_loss_window: int = Field(default=10, strict=True, gt=0, le=100_000,
+                                   description="Last N steps averaged.")
 
     # Fields that do not change what is trained.
     NON_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"model_path", "output_dir", "sweep_id", "experiment", "save_steps",
-         "logging_steps", "final_loss_window"}
+         "logging_steps", "final_loss_window", "gpu_memory_gb"}
     )
     # Identity fields added later: left out of the hash while unset (stable old hashes).
     OPTIONAL_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset({"nodes", "gpus_per_node"})
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare ``off``/``on`` as a boolean: take it as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("model")
     @classmethod
@@ -199,17 +216,6 @@ class RunSpec(BaseModel):
             "nodes": "" if self.nodes is None else str(self.nodes),
             "gpus_per_node": "" if self.gpus_per_node is None else str(self.gpus_per_node),
         }
-
-    # -- files ---------------------------------------------------------------------------
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> RunSpec:
-        from contracts.files import read_mapping
-
-        return parse_spec(read_mapping(path, "run spec"))
 
 
 def parse_spec(raw: Any) -> RunSpec:

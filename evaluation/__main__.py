@@ -1,5 +1,6 @@
-"""Entry point: ``python -m evaluation [sweep] ...`` (see evaluation/cli.py)."""
+"""Entry point: ``python -m evaluation [--spec FILE | sweep | log] ...`` (evaluation/cli.py)."""
 
+from contracts.redact import run_main
 from evaluation.cli import main
 
-raise SystemExit(main())
+raise SystemExit(run_main(main))

@@ -22,11 +22,14 @@ from typing import Any
 from contracts.cli import add_flags, flag_values
 from contracts.errors import SpecError, parse
 from contracts.evaluation import EvalJobSpec, EvalOptions, parse_eval_spec
-from contracts.files import read_mapping
 from contracts.names import DEFAULT_EXPERIMENT
-from contracts.outcomes import EXIT_BAD_INPUT, EXIT_OK
+from contracts.outcomes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from contracts.redact import redact_text
+from contracts.safe import SAFE_NAME_RE as _SAFE
 from evaluation.data import DataError
+from evaluation.lighteval_scorer import LightevalError
 from evaluation.runner import EvalReport, build_eval_set, evaluate
+from evaluation.serving import AdapterError, ServerError
 
 DEFAULT_OUTPUT_DIR = Path("runs") / "lexam"
 DTYPES = ("auto", "bfloat16", "float32", "float16")
@@ -87,6 +90,9 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-id", required=True)
     parser.add_argument("--model", required=True, help="base model preset")
     parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--scorer", default="project", choices=("project", "lighteval"),
+                        help="lighteval: its own runner generates and scores the official "
+                             "accuracy against the vLLM server (needs --backend vllm)")
     parser.add_argument("--skip-evaluated", action="store_true",
                         help="leave runs already evaluated on exactly this set alone")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
@@ -131,17 +137,29 @@ def _backend(args: argparse.Namespace, base_path: str, adapter_path: Path | None
         served = args.served_model or args.model
         return EndpointBackend(args.endpoint_url, served, base_path), nullcontext()
     from evaluation.models import adapter_rank
-    from evaluation.serving import LoraModule, ManagedServer, VllmServerConfig, free_port
+    from evaluation.serving import (
+        BASE_NAME,
+        ManagedServer,
+        VllmServerConfig,
+        free_port,
+        load_adapter,
+    )
 
-    adapters = ()
-    if adapter_path is not None:
-        adapters = (LoraModule(name="adapter", path=str(adapter_path),
-                               rank=adapter_rank(adapter_path)),)
-    config = VllmServerConfig(model=base_path, port=free_port(), adapters=adapters)
-    server = ManagedServer(config.command(), config.base_url, Path(workdir) / "vllm.log")
+    config = VllmServerConfig(
+        model=base_path, port=free_port(), dtype=resolve_dtype(args.dtype),
+        max_lora_rank=adapter_rank(adapter_path) if adapter_path is not None else None)
+    server = ManagedServer(config.command(), config.base_url, Path(workdir) / "vllm.log",
+                           env=config.env())
     server.start()
-    backend = EndpointBackend(config.base_url, "adapter" if adapters else "base", base_path)
-    return backend, _Stopper(server)
+    served = BASE_NAME
+    if adapter_path is not None:
+        try:
+            load_adapter(config.base_url, "adapter", adapter_path)
+        except Exception:
+            server.stop()
+            raise
+        served = "adapter"
+    return EndpointBackend(config.base_url, served, base_path), _Stopper(server)
 
 
 class _Stopper:
@@ -190,11 +208,41 @@ def _print_summary(report: EvalReport) -> None:
     print(f"[evaluation] {report.adapter or report.model}: {' '.join(parts)}", file=sys.stderr)
 
 
+def _check_targets(args: argparse.Namespace) -> None:
+    """Names that must exist, checked before anything is evaluated."""
+    if not _SAFE.fullmatch(args.sweep_id or ""):
+        raise DataError(f"sweep-id: {args.sweep_id!r} must start with a letter or digit and "
+                        "hold only letters, digits, _ . -")
+    from evaluation.tracking import parse_model_uri, tracking_enabled
+
+    if args.adapter and args.adapter.startswith("models:"):
+        try:
+            name, version = parse_model_uri(args.adapter)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+    if not tracking_enabled():
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if args.run_id:
+            client.get_run(args.run_id)
+        if args.adapter and args.adapter.startswith("models:"):
+            client.get_model_version(name, version)
+    except MlflowException as error:
+        what = "run-id" if args.run_id and "run" in str(error).lower() else "adapter"
+        raise DataError(f"{what}: not found in MLflow: {str(error).splitlines()[0][:200]}") \
+            from None
+
+
 def run_single(args: argparse.Namespace) -> int:
     from evaluation.models import resolve_adapter, resolve_base
     from evaluation.tracking import log_report
 
     options = _options(args)
+    _check_targets(args)
     eval_set = build_eval_set(options)
     with tempfile.TemporaryDirectory(prefix="lexam-") as workdir:
         base_path = resolve_base(args.model)
@@ -206,13 +254,21 @@ def run_single(args: argparse.Namespace) -> int:
     output = args.output_json or DEFAULT_OUTPUT_DIR / (
         f"{_slug(args.adapter or args.model)}-{report.eval_hash}.json")
     report.write_json(output)  # before MLflow: a tracking failure loses nothing
-    run_id = _target_run(args)
-    if run_id:
-        from mlflow.tracking import MlflowClient
+    run_id = None
+    try:
+        run_id = _target_run(args)
+        if run_id:
+            from mlflow.tracking import MlflowClient
 
-        log_report(MlflowClient(), run_id, report)
-        report = report.model_copy(update={"run_id": run_id})
-        report.write_json(output)
+            report = report.model_copy(update={"run_id": run_id})
+            report.write_json(output)
+            log_report(MlflowClient(), run_id, report)
+    except Exception as error:  # noqa: BLE001 - the results are safe on disk; say how to log
+        print(f"error: logging to MLflow failed ({type(error).__name__}: "
+              f"{redact_text(str(error))[:300]}); the results are in {output}; log them "
+              f"again with: python -m evaluation log {output} --run-id RUN_ID",
+              file=sys.stderr)
+        return EXIT_FAILED
     _print_summary(report)
     print(f"[evaluation] results: {output}" + (f" (MLflow run {run_id})" if run_id else ""),
           file=sys.stderr)
@@ -220,18 +276,44 @@ def run_single(args: argparse.Namespace) -> int:
 
 
 def run_job(spec: EvalJobSpec, output_dir: str, output_json: str | None) -> int:
-    from evaluation.job import run_eval_job
+    from evaluation.job import NotEvaluated, run_eval_job
     from evaluation.tracking import tracking_enabled
 
     if not tracking_enabled():
         raise DataError("MLFLOW_TRACKING_URI: an evaluation job reads runs from MLflow; set it")
-    reports = run_eval_job(spec, output_dir)
+    code = EXIT_OK
+    try:
+        reports = run_eval_job(spec, output_dir)
+    except NotEvaluated as partial:  # the others were evaluated; the job still says so
+        reports, code = partial.reports, EXIT_FAILED
+        print(f"error: {partial}", file=sys.stderr)
     for report in reports:
         _print_summary(report)
     if output_json:
         Path(output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(output_json).write_text(json.dumps(
             [r.summary_dict() for r in reports], indent=2, default=str))
+    return code
+
+
+def run_log(argv: list[str]) -> int:
+    """``python -m evaluation log RESULTS.json --run-id ID``: log a results file again."""
+    parser = argparse.ArgumentParser(prog="python -m evaluation log",
+                                     description="Log a results file (written by an "
+                                                 "evaluation) into an MLflow run.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--run-id", default=None, help="default: the run named in the file")
+    args = parser.parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from evaluation.tracking import log_report
+
+    report = EvalReport.read_json(args.results)
+    run_id = args.run_id or report.run_id
+    if not run_id:
+        raise DataError("run-id: the results file names no run; give --run-id")
+    log_report(MlflowClient(), run_id, report)
+    print(f"[evaluation] logged {args.results} into MLflow run {run_id}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -239,6 +321,7 @@ def _sweep_spec(args: argparse.Namespace) -> EvalJobSpec:
     raw: dict[str, Any] = {
         "model": args.model, "sweep_id": args.sweep_id, "experiment": args.experiment,
         "options": flag_values(args, EvalOptions), "backend": args.backend,
+        "scorer": args.scorer,
         "dtype": args.dtype, "skip_evaluated": args.skip_evaluated}
     return parse_eval_spec(raw)
 
@@ -246,14 +329,19 @@ def _sweep_spec(args: argparse.Namespace) -> EvalJobSpec:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == "log":
+            return run_log(argv[1:])
         if argv and argv[0] == "sweep":
             args = build_sweep_parser().parse_args(argv[1:])
             return run_job(_sweep_spec(args), args.output_dir, args.output_json)
         if any(a == "--spec" or a.startswith("--spec=") for a in argv):
             args = build_spec_parser().parse_args(argv)
-            spec = parse_eval_spec(read_mapping(args.spec, "evaluation spec"))
+            spec = EvalJobSpec.from_file(args.spec)
             return run_job(spec, args.output_dir, args.output_json)
         return run_single(build_parser().parse_args(argv))
     except (SpecError, DataError, FileNotFoundError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (ServerError, AdapterError, LightevalError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED

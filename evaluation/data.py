@@ -61,6 +61,8 @@ _FIELD_ALIASES = {
 
 def normalise_record(raw: Mapping[str, Any], index: int) -> LexamQuestion:
     """One raw record (either schema) as a LexamQuestion; errors name the field."""
+    if not isinstance(raw, Mapping):
+        raise DataError(f"question {index}: must be a JSON object, not {type(raw).__name__}")
     record: dict[str, Any] = {}
     for key, value in raw.items():
         record[_FIELD_ALIASES.get(key, key)] = value
@@ -73,18 +75,20 @@ def normalise_record(raw: Mapping[str, Any], index: int) -> LexamQuestion:
             choices = ast.literal_eval(choices)
         except (ValueError, SyntaxError):
             raise DataError(f"{where}: field 'choices' is not a list") from None
-    if not isinstance(choices, list | tuple):
+    if not isinstance(choices, list | tuple) or not all(
+            isinstance(choice, str | int | float) and not isinstance(choice, bool)
+            for choice in choices):
         raise DataError(f"{where}: field 'choices' must be a list of strings")
     record["choices"] = tuple(str(choice) for choice in choices)
     gold = record.get("gold")
     if isinstance(gold, str) and gold.strip().isalpha():
         gold = _letter_index(gold.strip())
-    try:
-        record["gold"] = int(gold)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    elif isinstance(gold, str) and gold.strip().isdigit():
+        gold = int(gold.strip())
+    if not isinstance(gold, int) or isinstance(gold, bool):
         raise DataError(
-            f"{where}: field 'gold' must be an index or a letter, got {gold!r}"
-        ) from None
+            f"{where}: field 'gold' must be a whole index or a letter, got {gold!r}")
+    record["gold"] = gold
     if not 0 <= record["gold"] < len(record["choices"]):
         raise DataError(
             f"{where}: field 'gold' = {record['gold']} is outside the "
@@ -99,13 +103,12 @@ def normalise_record(raw: Mapping[str, Any], index: int) -> LexamQuestion:
         raise DataError(f"{where}: {'; '.join(describe_errors(error).splitlines())}") from None
 
 
-def _letter_index(letters: str) -> int:
-    from evaluation.prompt import choice_labels
+def _letter_index(letter: str) -> int:
+    import string
 
-    labels = choice_labels(32)
-    if letters.upper() not in labels:
-        raise DataError(f"field 'gold': {letters!r} is not a choice letter")
-    return labels.index(letters.upper())
+    if len(letter) != 1 or letter.upper() not in string.ascii_uppercase:
+        raise DataError(f"field 'gold': {letter!r} is not a choice letter")
+    return string.ascii_uppercase.index(letter.upper())
 
 
 def _local_file(path: Path, choices: int) -> Path:
@@ -128,18 +131,37 @@ def read_records(source: str, choices: int = 4) -> list[dict[str, Any]]:
         import datasets
 
         repo = source.removeprefix("hub:") or HUB_REPO
-        dataset = datasets.load_dataset(repo, f"mcq_{choices}_choices", split="test")
+        try:
+            dataset = datasets.load_dataset(repo, f"mcq_{choices}_choices", split="test")
+        except Exception as error:  # noqa: BLE001 - any loader error means "cannot load"
+            first = str(error).splitlines()[0][:300] if str(error) else ""
+            raise DataError(f"data: cannot load {repo!r} (mcq_{choices}_choices) through the "
+                            f"hub: {type(error).__name__}: {first} (offline machines need a "
+                            "local JSONL copy)") from None
         return [dict(row) for row in dataset]
     path = _local_file(Path(source), choices)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"data: {path} is not UTF-8 text") from None
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"data: {path}:{number} is not JSON ({error.msg})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as error:
+            message = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+            raise DataError(f"data: {path}:{number} is not JSON ({message})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"data: {path}:{number} must be a JSON object, not "
+                            f"{type(record).__name__}")
+        records.append(record)
     return records
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a question can hold")
 
 
 def load_questions(source: str, choices: Literal[4, 8, 16, 32] = 4,

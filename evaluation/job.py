@@ -7,8 +7,15 @@ With ``skip_evaluated`` a run already tagged with this evaluation set's hash is 
 
 - ``transformers`` (CPU, tests): the base weights are loaded once and adapters attached
   by name; full fine-tunes load as models of their own.
-- ``vllm``: one server for the base model with all adapters (multi-LoRA), then one
-  server per full fine-tune; evaluated through the OpenAI-compatible endpoint.
+- ``vllm``: one server for the base model; its adapters are loaded into it one after
+  another at run time (bounded LoRA slots, ``evaluation.serving``), then one server per
+  full fine-tune; evaluated through the OpenAI-compatible endpoint. With ``scorer:
+  lighteval`` lighteval's own runner generates and scores the official accuracy against
+  that server (``evaluation.lighteval_scorer``).
+
+Failures say what happened: an adapter that cannot be fetched or that the server refuses
+is reported by name (stderr and the run's tag ``lexam_eval_error``) and the other runs are
+still evaluated; a server that dies fails the job with the server's last log lines.
 
 Each report is written to ``output_dir`` before it is logged to MLflow, so a tracking
 failure never loses an evaluation.
@@ -20,7 +27,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,12 +45,25 @@ from contracts.names import (
     TAG_SWEEP_ID,
 )
 from evaluation.backends import Backend
+from evaluation.lighteval_scorer import LightevalBackend
 from evaluation.models import adapter_rank, resolve_adapter, resolve_base, resolve_dtype
 from evaluation.runner import EvalReport, EvalSet, build_eval_set, evaluate
+from evaluation.serving import (
+    BASE_NAME,
+    AdapterError,
+    ManagedServer,
+    VllmServerConfig,
+    free_port,
+    load_adapter,
+    unload_adapter,
+)
 from evaluation.tracking import baseline_run, log_report, parse_model_uri
 from tracking.store import ensure_experiment
 
 SweepBackend = Literal["transformers", "vllm"]
+TAG_EVAL_ERROR = "lexam_eval_error"
+# Opens the backend for the base model (None) or one adapter by name, for one evaluation.
+Opener = Callable[[str | None], AbstractContextManager[Backend]]
 
 
 class EvalTarget(BaseModel):
@@ -100,6 +120,16 @@ def find_targets(client: MlflowClient, spec: EvalJobSpec) -> list[EvalTarget]:
     return sorted(targets, key=lambda t: t.run_name)
 
 
+class NotEvaluated(RuntimeError):
+    """Some runs could not be evaluated; all the others were (``reports``), and each failed
+    run carries the reason in its tag ``lexam_eval_error``. The job exits non-zero."""
+
+    def __init__(self, reports: list[EvalReport], failures: list[str]) -> None:
+        super().__init__(f"{len(failures)} run(s) not evaluated: {', '.join(failures)}")
+        self.reports = reports
+        self.failures = failures
+
+
 def _tag_version(client: MlflowClient, model_uri: str | None, eval_hash: str) -> None:
     """The registry version says which evaluation set its run was last evaluated on."""
     if model_uri and model_uri.startswith("models:/"):
@@ -107,9 +137,13 @@ def _tag_version(client: MlflowClient, model_uri: str | None, eval_hash: str) ->
         client.set_model_version_tag(name, version, TAG_LEXAM_EVAL_HASH, eval_hash)
 
 
-def run_eval_job(spec: EvalJobSpec, output_dir: str | Path,
-                 server_port: int | None = None) -> list[EvalReport]:
-    """Evaluate the spec's baseline and targets; each report is written, then logged."""
+def run_eval_job(spec: EvalJobSpec, output_dir: str | Path, server_port: int | None = None,
+                 server: ManagedServer | None = None) -> list[EvalReport]:
+    """Evaluate the spec's baseline and targets; each report is written, then logged.
+
+    ``server``: an already running vLLM server for the base model (started with LoRA on
+    and a large enough rank) that the vllm backend uses instead of starting its own.
+    """
     client = MlflowClient()
     output_dir = Path(output_dir)
     options = spec.options
@@ -131,6 +165,7 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path,
           f"run(s) on {len(eval_set.questions)} questions (eval set {eval_set.eval_hash})",
           file=sys.stderr)
     reports: list[EvalReport] = []
+    failures: list[str] = []
     if not targets and not baseline_id:
         return reports
     dtype = resolve_dtype(spec.dtype)
@@ -140,72 +175,137 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path,
         report = report.model_copy(update={"run_id": run_id})
         report.write_json(output_dir / f"{run_id}-{report.eval_hash}.json")
         log_report(client, run_id, report)
+        if TAG_EVAL_ERROR in client.get_run(run_id).data.tags:  # an earlier failure is over
+            client.delete_tag(run_id, TAG_EVAL_ERROR)
         _tag_version(client, model_uri, report.eval_hash)
         reports.append(report)
 
+    def fail(target: EvalTarget, message: str) -> None:
+        print(f"[evaluation] NOT evaluated: {target.run_name}: {message}", file=sys.stderr)
+        client.set_tag(target.run_id, TAG_EVAL_ERROR, message[:4000])
+        failures.append(target.run_name)
+
+    def evaluate_with(opener: Opener, name: str | None, model: str, adapter: str | None,
+                      run_id: str, model_uri: str | None = None) -> None:
+        with opener(name) as backend_obj:
+            record(_run(backend_obj, eval_set, options, model, adapter, spec.backend),
+                   run_id, model_uri)
+
     with tempfile.TemporaryDirectory(prefix="lexam-adapters-") as workdir:
-        loras = [(t, resolve_adapter(t.model_uri or "", workdir))
-                 for t in targets if t.method == "lora"]
+        loras: list[tuple[EvalTarget, Path]] = []
+        for target in (t for t in targets if t.method == "lora"):
+            try:
+                loras.append((target, resolve_adapter(target.model_uri or "", workdir)))
+            except Exception as error:  # one missing adapter must not stop the others
+                fail(target, f"adapter {target.model_uri} could not be fetched: {error}")
         fulls = [t for t in targets if t.method == "full"]
         if baseline_id or loras:
-            with _base_backends(spec.backend, base_path, loras, options, dtype, server_port,
-                                workdir) as get:
+            with _base_backends(spec, base_path, loras, eval_set, dtype, server_port, workdir,
+                                server) as opener:
                 if baseline_id:
-                    record(_run(get(None), eval_set, options, spec.model, None, spec.backend),
-                           baseline_id)
+                    evaluate_with(opener, None, spec.model, None, baseline_id)
                 for target, _ in loras:
-                    report = _run(get(target.adapter_name), eval_set, options, spec.model,
-                                  target.model_uri, spec.backend)
-                    record(report, target.run_id, target.model_uri)
+                    try:
+                        evaluate_with(opener, target.adapter_name, spec.model,
+                                      target.model_uri, target.run_id, target.model_uri)
+                    except AdapterError as error:
+                        fail(target, str(error))
         for target in fulls:
             path = target.checkpoint_path or ""
-            with _base_backends(spec.backend, path, [], options, dtype, server_port,
-                                workdir) as get:
-                record(_run(get(None), eval_set, options, path, None, spec.backend),
-                       target.run_id, target.model_uri)
+            with _base_backends(spec, path, [], eval_set, dtype, server_port,
+                                workdir) as opener:
+                evaluate_with(opener, None, path, None, target.run_id, target.model_uri)
+    if failures:
+        raise NotEvaluated(reports, failures)
     return reports
 
 
 def _run(backend_obj: Backend, eval_set: EvalSet, options: EvalOptions, model: str,
          adapter: str | None, backend: str) -> EvalReport:
     print(f"[evaluation] evaluating {adapter or model}", file=sys.stderr)
-    return evaluate(backend_obj, eval_set, options, model=model, adapter=adapter,
-                    backend_name=backend)
+    report = evaluate(backend_obj, eval_set, options, model=model, adapter=adapter,
+                      backend_name=backend)
+    if isinstance(backend_obj, LightevalBackend) and "accuracy" in backend_obj.metrics:
+        theirs = backend_obj.metrics["accuracy"]
+        ours = report.metrics.get("lexam/accuracy")
+        if ours is not None and abs(ours - theirs) > 1e-9:
+            print(f"[evaluation] lighteval's accuracy {theirs:.4f} differs from the "
+                  f"project's {ours:.4f} on the same answers", file=sys.stderr)
+        report = report.model_copy(update={
+            "scorer": "lighteval", "metrics": {**report.metrics, "lexam/accuracy": theirs}})
+    return report
 
 
 @contextmanager
-def _base_backends(backend: SweepBackend, base_path: str,
-                   loras: list[tuple[EvalTarget, Path]], options: EvalOptions, dtype: str,
-                   server_port: int | None, workdir: str
-                   ) -> Iterator[Callable[[str | None], Backend]]:
-    """A function giving the backend for the base (None) or one adapter by run name."""
-    if backend == "transformers":
-        from evaluation.backends.transformers_backend import TransformersBackend
-
-        local = TransformersBackend(base_path, dtype=dtype,  # type: ignore[arg-type]
-                                    batch_size=options.batch_size)
-        for target, folder in loras:
-            local.add_adapter(target.adapter_name, folder)
-
-        def pick(name: str | None) -> Backend:
-            local.use(name)
-            return local
-
-        yield pick
+def _base_backends(spec: EvalJobSpec, base_path: str, loras: list[tuple[EvalTarget, Path]],
+                   eval_set: EvalSet, dtype: str, server_port: int | None, workdir: str,
+                   server: ManagedServer | None = None) -> Iterator[Opener]:
+    """An opener of the backend for the base model (None) or one adapter by run name."""
+    if spec.backend == "transformers":
+        yield _transformers_opener(base_path, loras, spec.options, dtype)
         return
-    from evaluation.backends.endpoint import EndpointBackend
-    from evaluation.serving import LoraModule, ManagedServer, VllmServerConfig, free_port
-
     config = VllmServerConfig(
-        model=base_path, port=server_port or free_port(),
-        adapters=tuple(LoraModule(name=t.adapter_name, path=str(folder), rank=adapter_rank(folder))
-                       for t, folder in loras),
+        model=base_path, port=server_port or free_port(), dtype=dtype,
+        max_lora_rank=max((adapter_rank(folder) for _, folder in loras), default=None),
     )
-    with ExitStack() as stack:
-        stack.enter_context(ManagedServer(config.command(), config.base_url,
-                                          Path(workdir) / "vllm.log"))
+    adapter_paths = {target.adapter_name: folder for target, folder in loras}
+    if server is not None:
+        yield _vllm_opener(server, adapter_paths, base_path, spec, eval_set, workdir)
+        return
+    with ManagedServer(config.command(), config.base_url, Path(workdir) / "vllm.log",
+                       env=config.env()) as started:
+        yield _vllm_opener(started, adapter_paths, base_path, spec, eval_set, workdir)
 
-        def served(name: str | None) -> Backend:
-            return EndpointBackend(config.base_url, name or config.served_name, base_path)
 
-        yield served
+def _transformers_opener(base_path: str, loras: list[tuple[EvalTarget, Path]],
+                         options: EvalOptions, dtype: str) -> Opener:
+    from evaluation.backends.transformers_backend import TransformersBackend
+
+    local = TransformersBackend(base_path, dtype=dtype,  # type: ignore[arg-type]
+                                batch_size=options.batch_size)
+    refused: dict[str, str] = {}
+    for target, folder in loras:
+        try:
+            local.add_adapter(target.adapter_name, folder)
+        except Exception as error:  # reported when this adapter's turn comes
+            refused[target.adapter_name] = f"adapter {target.adapter_name} ({folder}) did " \
+                                           f"not load: {error}"
+
+    @contextmanager
+    def open_backend(name: str | None) -> Iterator[Backend]:
+        if name in refused:
+            raise AdapterError(refused[name])
+        local.use(name)
+        yield local
+
+    return open_backend
+
+
+def _vllm_opener(server: ManagedServer, paths: dict[str, Path], base_path: str,
+                 spec: EvalJobSpec, eval_set: EvalSet, workdir: str) -> Opener:
+    from evaluation.backends.endpoint import EndpointBackend
+
+    @contextmanager
+    def open_backend(name: str | None) -> Iterator[Backend]:
+        served = name or BASE_NAME
+        if name is not None:
+            try:
+                load_adapter(server.base_url, name, paths[name])
+            except AdapterError:
+                server.check()  # a server that died is the job's failure, not the adapter's
+                raise
+        endpoint = EndpointBackend(server.base_url, served, base_path)
+        backend_obj: Backend = endpoint
+        if spec.scorer == "lighteval":
+            backend_obj = LightevalBackend(endpoint, server.base_url, eval_set.questions,
+                                           Path(workdir) / "lighteval")
+        try:
+            yield backend_obj
+        except Exception:
+            server.check()  # died mid-run: say so, with its last log lines
+            raise
+        finally:
+            if name is not None and server.alive():
+                unload_adapter(server.base_url, name)
+
+    return open_backend

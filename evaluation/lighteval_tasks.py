@@ -6,8 +6,10 @@ extraction from ``evaluation.prompt`` and adds the log-likelihood accuracy. Task
 ``lexam_mcq_4``, ``lexam_mcq_8``, ``lexam_mcq_16``, ``lexam_mcq_32`` with metrics
 ``accuracy`` (official: last ``###X###``, none = wrong) and ``format_rate``.
 
-Data: ``hf_repo`` is the hub dataset, or a local folder holding ``test.jsonl`` when
-``LEXAM_LOCAL_DIR`` is set (lighteval reads local folders as datasets), e.g.::
+``LEXAM_GENERATION_SIZE`` lowers the generation budget (official: 4096), as the
+project's ``max_new_tokens`` does. Data: ``hf_repo`` is the hub dataset, or a local
+folder holding ``test.jsonl`` when ``LEXAM_LOCAL_DIR`` is set (lighteval reads local
+folders as datasets), e.g.::
 
     lighteval endpoint litellm model_args.yaml "lexam_mcq_4|0" \\
         --custom-tasks evaluation/lighteval_tasks.py
@@ -28,7 +30,8 @@ from lighteval.tasks.requests import Doc, SamplingMethod
 from evaluation.data import HUB_REPO, normalise_record
 from evaluation.prompt import build_prompt, choice_labels, extract_answer
 
-GENERATION_SIZE = 4096  # the official budget
+GENERATION_SIZE_ENV = "LEXAM_GENERATION_SIZE"
+GENERATION_SIZE = int(os.environ.get(GENERATION_SIZE_ENV, "4096"))  # official: 4096
 LOCAL_DIR_ENV = "LEXAM_LOCAL_DIR"
 
 
@@ -41,6 +44,7 @@ def lexam_prompt(line: dict, task_name: str | None = None) -> Doc:
         choices=list(choice_labels(question.n_choices)),
         gold_index=question.gold,
         instruction="",
+        specific={"id": question.id},
     )
 
 

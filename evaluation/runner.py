@@ -22,13 +22,13 @@ from evaluation.data import (
     select_questions,
 )
 from evaluation.metrics import QuestionResult, compute_metrics
-from evaluation.prompt import PROMPT_VERSION, build_prompt, choice_labels, extract_answer
+from evaluation.prompt import build_prompt, choice_labels, extract_answer, prompt_version
 
 
 def options_identity(options: EvalOptions) -> dict[str, object]:
     """The options that change the numbers (the data enters through its content)."""
     return {
-        "prompt": PROMPT_VERSION, "choices": options.choices,
+        "prompt": prompt_version(options.choices), "choices": options.choices,
         "max_questions": options.max_questions, "seed": options.seed,
         "languages": list(options.languages) if options.languages else None,
         "max_new_tokens": options.max_new_tokens if options.generate else None,
@@ -59,6 +59,7 @@ class EvalReport(BaseModel):
     model: str
     adapter: str | None = None
     backend: str
+    scorer: str = "project"
     eval_hash: str
     data: str
     options: dict[str, object]
@@ -72,6 +73,13 @@ class EvalReport(BaseModel):
 
     def details(self) -> list[dict[str, object]]:
         return [result.detail() for result in self.results]
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> EvalReport:
+        """A report written by ``write_json`` (its details become the results again)."""
+        payload = json.loads(Path(path).read_text())
+        details = payload.pop("details", [])
+        return cls.model_validate({**payload, "results": details})
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)

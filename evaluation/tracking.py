@@ -81,6 +81,7 @@ def log_report(client: MlflowClient, run_id: str, report: EvalReport) -> None:
         RunTag("lexam_eval_hash", report.eval_hash),
         RunTag("lexam_data", report.data),
         RunTag("lexam_backend", report.backend),
+        RunTag("lexam_scorer", report.scorer),
         RunTag("lexam_options", json.dumps(report.options, sort_keys=True)),
     ]
     client.log_batch(run_id, metrics=metrics, tags=tags)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from contracts.presets import load_presets
 from reporting.fetch import SweepData
 from reporting.findings import (
     Baseline,
@@ -38,7 +39,6 @@ from reporting.findings import (
     TrainableRow,
     UnfinishedRun,
 )
-from reporting.presets import param_counts
 from reporting.scaling import analyse_scaling, scaling_statements
 
 NOISE_Z = 2.0
@@ -205,7 +205,7 @@ def gap(stats: pd.DataFrame, lora: Optimum | None, full: Optimum | None) -> Gap 
 
 def trainable(runs: pd.DataFrame, model: str) -> list[TrainableRow]:
     """Logged trainable fraction per LoRA rank, checked against the preset's count."""
-    counts = param_counts().get(model)
+    counts = load_presets().get(model)
     lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
     rows = []
     for rank, sub in lora.groupby("rank"):
@@ -284,7 +284,7 @@ def analyse_model(runs: pd.DataFrame, baselines: pd.DataFrame, model: str) -> Mo
     mine = runs[runs["model"] == model]
     stats = config_stats(mine)
     lora, full = optimum(stats, "lora"), optimum(stats, "full")
-    counts = param_counts().get(model)
+    counts = load_presets().get(model)
     logged_total = mine.loc[mine["method"] == "full", "model/total_params"].max()
     total = _none(logged_total) or (float(counts.total_params) if counts and
                                     counts.total_params else None)

@@ -33,7 +33,9 @@ SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_param
                 # engineering: throughput, time, memory and cost (docs/CONVENTIONS.md)
                 "train/world_size", "train/runtime_s", "train/time_to_first_step_s",
                 "train/samples_per_second_mean", "cost/gpu_hours", "cost/gpu_hours_accounted",
-                "memory/peak_accelerator_mb", "memory/peak_host_mb")
+                "memory/peak_accelerator_mb", "memory/peak_host_mb",
+                # the memory plan made before submitting (contracts.memory)
+                "memory/plan_total_gb", "memory/plan_gpu_memory_gb")
 LAYOUT_TAGS = ("zero_stage", "nodes", "gpus_per_node", "failure_reason")
 # What the sweep DAG's record task says about a run that did not finish.
 JOB_TAGS = ("job_state", "job_id")

@@ -371,6 +371,12 @@ def scaling(findings: Findings, out_dir: Path) -> list[Path]:
                                     xycoords=("data", "axes fraction"), fontsize=6,
                                     xytext=(5, -2), textcoords="offset points",
                                     color=EXCLUDED_COLOR)
+                planned = [p.nodes for p in mine if p.zero_stage == zero and p.predicted_oom]
+                if planned:  # the plan's prediction, just above the observed crosses
+                    offset = {z: i for i, z in enumerate(stages)}[zero] * 0.04
+                    ax.scatter(planned, [0.08 + offset] * len(planned), marker="s", s=28,
+                               facecolors="none", edgecolors=colors[zero],
+                               transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_locator(FixedLocator(all_nodes))
             ax.xaxis.set_minor_locator(NullLocator())
@@ -391,7 +397,9 @@ def scaling(findings: Findings, out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3, which="both")
         axes[row][0].legend(fontsize=7, loc="upper left")
     oom_handle = Line2D([], [], marker="x", color=EXCLUDED_COLOR, ls="", label="out of memory")
-    fig.legend(handles=[oom_handle], loc="lower right", fontsize=8)
+    plan_handle = Line2D([], [], marker="s", markerfacecolor="none", color="grey", ls="",
+                         label="predicted OOM (memory plan)")
+    fig.legend(handles=[oom_handle, plan_handle], loc="lower right", fontsize=8)
     fig.suptitle(f"Scaling with nodes per ZeRO stage — sweep {findings.sweep_id}", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_dir, "scaling")

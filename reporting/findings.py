@@ -187,6 +187,15 @@ class ScalingPoint(_Model):
     speedup: float | None  # throughput / that of the group's smallest working layout
     efficiency: float | None  # speedup / (world size / that layout's world size)
     failure_reason: str = ""
+    # The memory plan made before submitting: GB per GPU against the GPU's memory.
+    predicted_gb: float | None = None
+    gpu_memory_gb: float | None = None
+
+    @property
+    def predicted_oom(self) -> bool | None:
+        if self.predicted_gb is None or self.gpu_memory_gb is None:
+            return None
+        return self.predicted_gb > self.gpu_memory_gb
 
 
 class Scaling(_Model):

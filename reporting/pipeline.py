@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from contracts.redact import redact
 from reporting.analysis import analyse
 from reporting.cache import HistoryCache
 from reporting.config import NothingToReport, ReportConfig
@@ -17,7 +18,6 @@ from reporting.figures import draw_all
 from reporting.findings import Findings
 from reporting.publish import publish
 from reporting.report import write_report
-from tracking.store import redact
 
 log = logging.getLogger(__name__)
 

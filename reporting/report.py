@@ -147,28 +147,43 @@ def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
+def _plan_cell(p) -> str:
+    """``210 > 96: OOM`` / ``77 <= 96``: the memory plan beside the observed outcome."""
+    if p.predicted_gb is None:
+        return ""
+    if p.gpu_memory_gb is None:
+        return f"{p.predicted_gb:.0f}"
+    if p.predicted_oom:
+        return f"{p.predicted_gb:.0f} > {p.gpu_memory_gb:g}: OOM"
+    return f"{p.predicted_gb:.0f} <= {p.gpu_memory_gb:g}"
+
+
 def _scaling_section(findings: Findings) -> list[str]:
     sc = findings.scaling
     if sc is None:
         return []
     lines = ["## Scaling, memory and cost", "",
-             "| model | method | ZeRO | nodes x GPUs | outcome | samples/s | tokens/s | "
-             "time to train (h) | first step (s) | speedup | efficiency | GPU-h/run | "
-             "final loss | LEXam |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | method | ZeRO | nodes x GPUs | outcome | memory plan (GB/GPU) | "
+             "samples/s | tokens/s | time to train (h) | first step (s) | speedup | "
+             "efficiency | GPU-h/run | final loss | LEXam |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sc.points:
         gpus = "" if p.gpus_per_node is None else f" x {p.gpus_per_node}"
         gpu_h = _num(p.gpu_hours) + (" (logged)" if p.gpu_hours_source == "logged" else "")
         lines.append("| " + " | ".join(cell(v) for v in [
             p.model, p.method, "" if p.zero_stage is None else p.zero_stage,
             f"{p.nodes}{gpus}", p.outcome.upper() if p.outcome == "oom" else p.outcome,
-            _num(p.samples_per_second), _num(p.tokens_per_second, "{:.0f}"),
+            _plan_cell(p), _num(p.samples_per_second), _num(p.tokens_per_second, "{:.0f}"),
             _num(None if p.time_to_train_s is None else p.time_to_train_s / 3600),
             _num(p.time_to_first_step_s, "{:.0f}"), _num(p.speedup),
             _num(None if p.efficiency is None else 100 * p.efficiency, "{:.0f}%"),
             gpu_h, loss(p.final_loss), pct(p.lexam_accuracy)]) + " |")
+    predicted = [p for p in sc.points if p.predicted_oom]
     lines += ["", "Out of memory: " + ("; ".join(
         f"{p.model} ZeRO-{p.zero_stage} on {p.nodes} node(s)" for p in sc.oom) or "none") + ".",
+        "", "Predicted out of memory by the plan before submitting: " + ("; ".join(
+            f"{p.model} ZeRO-{p.zero_stage} on {p.nodes} node(s)" for p in predicted)
+            or "none") + ".",
         "", "Cheapest layout that fits, per model: " + ("; ".join(
             f"{m}: {p.nodes} node(s) x {p.gpus_per_node} GPUs, ZeRO-{p.zero_stage}, "
             f"{p.gpu_hours:.2f} GPU-h per run" for m, p in sc.cheapest.items()) or "none")

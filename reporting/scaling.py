@@ -91,6 +91,8 @@ def _point(group: pd.DataFrame, key: tuple) -> ScalingPoint:
         final_loss=_mean(working["final_loss"]) if "final_loss" in working else None,
         lexam_accuracy=_mean(working["lexam/accuracy"]),
         speedup=None, efficiency=None, failure_reason=reasons[0][:300] if reasons else "",
+        predicted_gb=_mean(group["memory/plan_total_gb"]),
+        gpu_memory_gb=_mean(group["memory/plan_gpu_memory_gb"]),
     )
 
 
@@ -167,6 +169,10 @@ def scaling_statements(scaling: Scaling) -> list[Statement]:
                 id=f"scaling.{model}.oom", question=QUESTION, model=model,
                 text=f"{model_label(model)} ran out of memory with "
                      + "; ".join(layout_label(p) for p in ooms) + "."))
+        planned = [p for p in mine if p.predicted_oom is not None
+                   and p.outcome in ("finished", "oom")]
+        if planned:
+            out.append(plan_statement(model, planned))
         best = scaling.cheapest.get(model)
         if best is not None:
             out.append(Statement(
@@ -175,3 +181,21 @@ def scaling_statements(scaling: Scaling) -> list[Statement]:
                      f"{layout_label(best)} at {best.gpu_hours:.2f} GPU-hours per run "
                      f"({best.gpu_hours_source})."))
     return out
+
+
+def plan_statement(model: str, planned: list[ScalingPoint]) -> Statement:
+    """How the memory plan's predictions compare with what ran out of memory."""
+    agree = [p for p in planned if p.predicted_oom == (p.outcome == "oom")]
+    ran = [p for p in planned if p.predicted_oom and p.outcome != "oom"]
+    missed = [p for p in planned if not p.predicted_oom and p.outcome == "oom"]
+    text = (f"{model_label(model)}: the memory plan agreed with the outcome on "
+            f"{len(agree)} of {len(planned)} layouts")
+    if ran:
+        text += "; predicted OOM but ran: " + "; ".join(
+            f"{layout_label(p)} ({p.predicted_gb:.0f} GB planned > {p.gpu_memory_gb:g})"
+            for p in ran)
+    if missed:
+        text += "; ran out of memory though predicted to fit: " + "; ".join(
+            f"{layout_label(p)} ({p.predicted_gb:.0f} GB planned)" for p in missed)
+    return Statement(id=f"scaling.{model}.memory_plan", question=QUESTION, model=model,
+                     text=text + ".")

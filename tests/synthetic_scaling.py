@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from contracts.spec import RunSpec
 from contracts.sweep import load_named_sweep
+from tracking.runs import memory_plan_record
 
 SAMPLES_PER_GPU_S = {"apertus-8b": 2.0, "apertus-70b": 0.25}
 # Scaling efficiency by nodes against 1 node (8B) / the first working layout (70B).
@@ -34,17 +35,21 @@ def log_scaling_sweep(tracking_uri: str, sweep_id: str = "scaling-reference",
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    # Planned against GH200s (96 GB), as the sweep's plan on the alps profile does.
     specs = load_named_sweep("scaling-reference").expand(sweep_id=sweep_id,
-                                                         experiment=experiment)
+                                                         experiment=experiment,
+                                                         gpu_memory_gb=96.0)
     now = int(time.time() * 1000)
     for spec in specs:
         world = spec.world_size or 1
+        plan_metrics, plan_tags = memory_plan_record(spec)
         run_id = client.create_run(experiment_id, run_name=spec.run_name,
-                                   tags=spec.tags()).info.run_id
+                                   tags={**spec.tags(), **plan_tags}).info.run_id
         params = [Param(k, str(v)) for k, v in spec.model_dump(mode="json").items()
                   if not isinstance(v, dict)]
         tags = [RunTag("job_id", str(1000 + len(spec.run_name)))]
         metrics = [Metric("train/world_size", world, now, 0)]
+        metrics += [Metric(k, v, now, 0) for k, v in plan_metrics.items()]
         if works(spec):
             efficiency = EFFICIENCY[spec.model][spec.nodes or 1]
             samples_s = SAMPLES_PER_GPU_S[spec.model] * world * efficiency

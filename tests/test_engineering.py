@@ -216,37 +216,44 @@ def test_job_over_its_memory_limit_is_out_of_memory_and_recorded(
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_two_processes_through_the_job_scripts_torchrun_launcher(
+def test_zero3_job_through_the_job_scripts_torchrun_launcher(
         slurm_profile: ClusterProfile, mlflow_uri: str, tmp_path: Path) -> None:
     """srun + torchrun (rendezvous from SLURM variables) exactly as rendered for a
-    cluster, 2 CPU workers on gloo: one MLflow run with world size 2 and throughput."""
+    cluster, 2 CPU workers: a DeepSpeed ZeRO-3 LoRA job that records what the engine ran,
+    loads sharded and registers its adapter once, from rank 0."""
     venv_bin = REPO_ROOT / ".venv" / "bin"
     profile = slurm_profile.model_copy(update={
         "launcher": "torchrun", "setup": (f"export PATH={venv_bin}:$PATH",),
         "env": {"MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
                 "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}})
     spec = RunSpec(**{**TINY, "method": "lora", "rank": 4, "max_steps": 3},
-                   nodes=1, gpus_per_node=0, sweep_id="eng-ddp", output_dir=str(tmp_path))
+                   nodes=1, gpus_per_node=0, zero_stage=3, sweep_id="eng-zero3",
+                   output_dir=str(tmp_path))
     request = JobRequest(
-        name="ddp", key="ddp", files={"spec.yaml": spec.to_yaml()},
+        name="zero3", key="zero3", files={"spec.yaml": spec.to_yaml()},
         argv=(profile.python_executable(), "-m", "training", "--spec", "{job_dir}/spec.yaml",
-              "--job-id", JOB_ID_PLACEHOLDER, "--no-register"),
+              "--job-id", JOB_ID_PLACEHOLDER),
         resources=ResourceRequest(nodes=1, workers_per_node=2))
     job_id, _ = SlurmJobs(profile).submit(request, os.environ)
-    event = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id, key="ddp"),
+    event = sense(ClusterJobTrigger(profile=profile.model_dump(), job_id=job_id, key="zero3"),
                   timeout=600)
     assert event["status"]["state"] == "COMPLETED", event
-    script = (Path(profile.work_dir) / "ddp" / "job.sh").read_text()
+    script = (Path(profile.work_dir) / "zero3" / "job.sh").read_text()
     assert "--nproc-per-node=2" in script and "srun --ntasks-per-node=1" in script
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("lora-regret").experiment_id],
-                              "tags.sweep_id = 'eng-ddp'")
+                              "tags.sweep_id = 'eng-zero3'")
     assert len(runs) == 1
     data = runs[0].data
-    assert data.metrics["train/world_size"] == 2
+    assert data.metrics["train/world_size"] == 2 == data.metrics["engine/world_size"]
+    assert data.tags["engine"] == "deepspeed" and data.tags["engine/zero_stage"] == "3"
+    assert data.metrics["memory/load_param_fraction"] == pytest.approx(0.5, abs=0.01)
     assert data.metrics["train/samples_per_second"] > 0
     assert data.tags["outcome"] == "finished" and data.tags["job_id"] == job_id
     assert (data.tags["nodes"], data.tags["gpus_per_node"]) == ("1", "0")
+    assert data.tags["registered_model_uri"] == "models:/lora-regret-tiny-apertus-lora/1"
+    versions = client.search_model_versions("name = 'lora-regret-tiny-apertus-lora'")
+    assert len(versions) == 1
 
 
 # -- the DAG, real Airflow over real SLURM --------------------------------------------------
@@ -325,3 +332,12 @@ def test_scaling_section_of_the_report(mlflow_uri: str, tmp_path: Path) -> None:
     findings = yaml.safe_load((out / "findings.json").read_text())
     assert len(findings["scaling"]["points"]) == 13
     assert any(s["id"] == "scaling.apertus-70b.oom" for s in findings["statements"])
+    # The memory plan (Alps, 96 GB) beside what happened: it agrees on every 70B layout but
+    # ZeRO-3 on 4 nodes, and holds 8B full FT with ZeRO-0 for out of memory (20 B/param).
+    said = {s["id"]: s["text"] for s in findings["statements"]}
+    assert "agreed with the outcome on 8 of 9 layouts; predicted OOM but ran: 4 nodes x 4 " \
+        "GPUs, ZeRO-3 (122 GB planned > 96)" in said["scaling.apertus-70b.memory_plan"]
+    assert "agreed with the outcome on 0 of 4 layouts" in said["scaling.apertus-8b.memory_plan"]
+    assert "| 210 > 96: OOM |" in text and "| 77 <= 96 |" in text
+    assert "Predicted out of memory by the plan before submitting: apertus-70b ZeRO-0 on 2 " \
+        "node(s)" in text and "apertus-8b ZeRO-0 on 8 node(s)." in text

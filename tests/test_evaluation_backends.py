@@ -4,6 +4,7 @@ scores, adapters must switch cleanly, and the evaluation loop must fill every me
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -51,32 +52,43 @@ def random_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_path: str) -> 
     return folder
 
 
-def _unpadded_logprob(backend: TransformersBackend, prompt: str, label: str) -> float:
+def _full_sequence_score(backend: TransformersBackend, prompt: str, label: str) -> float:
+    """The scoring rule computed the plain way: one forward pass over prompt + label###."""
     tok = backend.tokenizer
     prefix = tok(render(tok, prompt, ANSWER_PREFIX), add_special_tokens=False)["input_ids"]
-    label_ids = tok(label, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prefix + label_ids])
+    continuation = (tok(label, add_special_tokens=False)["input_ids"]
+                    + tok("###", add_special_tokens=False)["input_ids"])
+    ids = torch.tensor([prefix + continuation])
     with torch.inference_mode():
         logprobs = torch.log_softmax(backend.model(input_ids=ids).logits.float(), -1)[0]
-    return sum(logprobs[len(prefix) - 1 + j, t].item() for j, t in enumerate(label_ids))
+    values = [logprobs[len(prefix) - 1 + j, t].item() for j, t in enumerate(continuation)]
+    return sum(values) / len(values)
 
 
-def test_batched_scores_equal_unpadded_scores(backend: TransformersBackend,
-                                              prompts: list[str]) -> None:
+def test_cached_scores_equal_full_sequence_scores(backend: TransformersBackend,
+                                                  prompts: list[str]) -> None:
     labels = [choice_labels(4)] * len(prompts)
-    batched = backend.choice_logprobs(prompts, labels)
-    for prompt, row in zip(prompts, batched, strict=True):
-        expected = [_unpadded_logprob(backend, prompt, label) for label in choice_labels(4)]
+    scores = backend.choice_logprobs(prompts, labels)
+    for prompt, row in zip(prompts, scores, strict=True):
+        expected = [_full_sequence_score(backend, prompt, label) for label in choice_labels(4)]
         assert row == pytest.approx(expected, abs=1e-4)
 
 
-def test_multi_token_labels_are_scored_in_full(backend: TransformersBackend,
-                                               prompts: list[str]) -> None:
-    labels = [("A", "AB", "AF")] * 2
-    scores = backend.choice_logprobs(prompts[:2], labels)
-    for prompt, row in zip(prompts[:2], scores, strict=True):
-        expected = [_unpadded_logprob(backend, prompt, label) for label in labels[0]]
-        assert row == pytest.approx(expected, abs=1e-4)
+@pytest.mark.parametrize("n_choices", [8, 16, 32])
+def test_every_label_of_8_16_32_choices_is_scored_in_full(backend: TransformersBackend,
+                                                          n_choices: int) -> None:
+    """32 choices use the official numbers variant: labels 1..32, some of two tokens."""
+    question = synthetic_questions(1, n_choices)[0]
+    prompt = build_prompt(question.question, question.choices, question.course)
+    labels = choice_labels(n_choices)
+    (row,) = backend.choice_logprobs([prompt], [labels])
+    assert len(row) == n_choices and all(math.isfinite(x) for x in row)
+    expected = [_full_sequence_score(backend, prompt, label) for label in labels]
+    assert row == pytest.approx(expected, abs=1e-4)
+    if n_choices == 32:
+        tok = backend.tokenizer
+        lengths = {len(tok(label, add_special_tokens=False)["input_ids"]) for label in labels}
+        assert len(lengths) > 1, "the test wants labels of different token lengths"
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_path: str, backend: TransformersBackend,

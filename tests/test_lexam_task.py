@@ -36,9 +36,13 @@ from evaluation.prompt import build_prompt, choice_labels, extract_answer
         ("Correct Answer: ###E###", 8, "E"),
         ("Correct Answer: ###P###", 16, "P"),
         ("Correct Answer: ###Q###", 16, None),
-        ("Correct Answer: ###Z###", 32, "Z"),
-        ("Correct Answer: ###AF###", 32, "AF"),
-        ("Correct Answer: ###AG###", 32, None),
+        ("Correct Answer: ###Z###", 26, "Z"),
+        ("Correct Answer: ###12###", 32, "12"),  # past the alphabet: the numbers variant
+        ("Correct Answer: ###1###", 32, "1"),
+        ("Correct Answer: ###32###", 32, "32"),
+        ("Correct Answer: ###33###", 32, None),
+        ("Correct Answer: ###C###", 32, None),  # letters are no answer of 32 choices
+        ("First ###3###, finally ###31###", 32, "31"),
         ("Reasoning...\nCorrect Answer: ###A### because it fits.", 4, "A"),  # text around
         ("Correct Answer: ### A ###", 4, None),  # spaces break the marker
         ("Correct Answer: ##A##", 4, None),
@@ -51,9 +55,19 @@ def test_extract_answer(text: str, n: int, expected: str | None) -> None:
 
 def test_choice_labels_cover_32_choices() -> None:
     assert choice_labels(4) == ("A", "B", "C", "D")
+    assert choice_labels(16)[-1] == "P"
     labels = choice_labels(32)
-    assert len(labels) == len(set(labels)) == 32
-    assert labels[25:28] == ("Z", "AA", "AB")
+    assert labels == tuple(str(i) for i in range(1, 33))
+
+
+def test_32_choices_use_the_official_numbers_prompt() -> None:
+    choices = tuple(f"option {i}" for i in range(32))
+    prompt = build_prompt("Which one?", choices, "Staatsrecht")
+    assert "only one choice (e.g., 1, 2, 3, etc.) is correct" in prompt
+    assert " Correct Answer: ###3### \n" in prompt
+    assert "\n1. option 0\n" in prompt and "\n32. option 31\n" in prompt
+    four = build_prompt("Which one?", choices[:4], "Staatsrecht")
+    assert "(e.g., A, B, C, etc.)" in four and "\nD. option 3\n" in four
 
 
 def test_prompt_is_the_official_one() -> None:
@@ -183,3 +197,17 @@ def test_shared_lexam_file_loads(shared_data: Path) -> None:
     assert len(questions) == 1660
     assert {q.language for q in questions} == {"de", "en"}
     assert {q.area for q in questions} >= {"Public", "Private", "Criminal"}
+
+
+def test_lighteval_scorer_needs_the_vllm_backend() -> None:
+    from contracts.errors import SpecError
+    from contracts.evaluation import parse_eval_spec
+
+    spec = parse_eval_spec({"model": "tiny-apertus-32", "sweep_id": "s", "backend": "vllm",
+                            "scorer": "lighteval"})
+    assert spec.scorer == "lighteval"
+    assert parse_eval_spec({"model": "tiny-apertus", "sweep_id": "s"}).scorer == "project"
+    with pytest.raises(SpecError, match="scorer"):
+        parse_eval_spec({"model": "tiny-apertus", "sweep_id": "s", "scorer": "lighteval"})
+    with pytest.raises(SpecError, match="scorer"):
+        parse_eval_spec({"model": "tiny-apertus", "sweep_id": "s", "scorer": "x; id"})

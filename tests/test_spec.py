@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from contracts.spec import RunSpec, SpecError, parse_spec
@@ -33,7 +35,7 @@ BASE = {"model": "tiny-apertus", "method": "lora", "lr": 1e-3, "rank": 8}
 def test_invalid_specs_name_the_field(change: dict, field: str) -> None:
     with pytest.raises(SpecError) as error:
         parse_spec({**BASE, **change})
-    assert f"\n{field}" in str(error.value) or str(error.value).startswith(field)
+    assert re.search(rf"(^|\n|: ){re.escape(field)}[.:]", str(error.value)), str(error.value)
 
 
 def test_hash_ignores_bookkeeping_but_not_training_fields() -> None:
@@ -77,3 +79,49 @@ def test_sweep_needs_ranks_for_lora() -> None:
     with pytest.raises(SpecError, match="ranks"):
         parse_sweep({"name": "s", "grids": [
             {"models": ["tiny-apertus"], "methods": ["lora"], "learning_rates": [1e-3]}]})
+
+
+def test_the_trigger_forms_are_generated_from_the_conf_models() -> None:
+    """A field added to a conf model appears in the form with its title, description,
+    default and bounds; the DAG files add nothing of their own."""
+    from pydantic import Field
+
+    from contracts.conf import NightlyConf, ReportConf, SweepConf
+    from contracts.forms import form_fields
+
+    class WithWarmup(SweepConf):
+        warmup_steps: int | None = Field(default=None, ge=0, le=1000, title="Warmup steps",
+                                         description="Steps of linear warmup.")
+
+    before, after = form_fields(SweepConf), form_fields(WithWarmup)
+    assert set(after) - set(before) == {"warmup_steps"}
+    assert after["warmup_steps"] == {
+        "default": None, "type": ["null", "integer"], "minimum": 0, "maximum": 1000,
+        "title": "Warmup steps", "description": "Steps of linear warmup."}
+    # Every form field is a conf field and vice versa, for all three DAGs' confs.
+    for model in (SweepConf, NightlyConf, ReportConf):
+        assert set(form_fields(model)) == set(model.model_fields)
+    assert form_fields(SweepConf)["learning_rates"]["items"] == {
+        "type": "number", "exclusiveMinimum": 0, "maximum": 1.0}
+    assert form_fields(SweepConf)["data_source"]["pattern"].startswith("^[A-Za-z0-9_./")
+
+
+@pytest.mark.airflow
+def test_the_dags_params_are_exactly_the_generated_forms(airflow_db) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from contracts.conf import NightlyConf, ReportConf, SweepConf
+    from contracts.forms import form_fields
+
+    bag = DagBag()
+    for dag_id, model in (("lora_regret_sweep", SweepConf), ("lexam_nightly", NightlyConf),
+                          ("lora_regret_report", ReportConf)):
+        params = bag.get_dag(dag_id).params
+        expected = form_fields(model)
+        assert set(params) == set(expected), dag_id
+        for name, field in expected.items():
+            param = params.get_param(name)
+            schema = {k: v for k, v in field.items() if k not in ("default", "description")}
+            assert param.schema == schema, (dag_id, name)
+            assert param.description == field.get("description"), (dag_id, name)
+            assert params[name] == field["default"], (dag_id, name)

@@ -61,7 +61,7 @@ def test_bad_sources_are_refused(tmp_path) -> None:
         load_cases(DataSpec(source=str(tmp_path / "missing.jsonl")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"facts": "x", "outcome": 1}))
-    with pytest.raises(DataError, match="SJP columns"):
+    with pytest.raises(DataError, match="1 of 1 rows .* are not SJP cases"):
         load_cases(DataSpec(source=str(bad)))
     french = tmp_path / "fr.jsonl"
     french.write_text(json.dumps({**generate_cases(1)[0], "language": "fr"}))

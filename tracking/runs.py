@@ -7,11 +7,13 @@ triggering the same sweep twice trains nothing twice. A run counts as finished w
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from contracts.names import TAG_OUTCOME, TAG_SPEC_HASH
+from contracts.memory import estimate
+from contracts.names import TAG_MEMORY_PLAN, TAG_OUTCOME, TAG_SPEC_HASH
 from contracts.spec import RunSpec
 from tracking.store import ensure_experiment
 
@@ -32,14 +34,28 @@ def spec_params(spec: RunSpec) -> dict[str, str]:
     return flatten("", spec.model_dump(mode="json"))
 
 
-def create_spec_run(client: Any, spec: RunSpec) -> str:
-    """A new run for ``spec``: its run name, identity tags, ``outcome=running`` and params."""
-    from mlflow.entities import Param
+def memory_plan_record(spec: RunSpec) -> tuple[dict[str, float], dict[str, str]]:
+    """The memory plan of a spec that names its layout, as metrics (``memory/plan_*_gb``)
+    and the tag ``memory_plan`` (fits | predicted_oom | unknown); empty otherwise."""
+    if spec.world_size is None:
+        return {}, {}
+    plan = estimate(spec)
+    return plan.metrics(), {TAG_MEMORY_PLAN: plan.verdict}
 
+
+def create_spec_run(client: Any, spec: RunSpec) -> str:
+    """A new run for ``spec``: its run name, identity tags, ``outcome=running``, params and
+    its memory plan (the scaling report sets it beside what happened)."""
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
     experiment_id = ensure_experiment(client, spec.experiment)
+    metrics, plan_tags = memory_plan_record(spec)
     run_id = client.create_run(experiment_id, run_name=spec.run_name,
-                               tags={**spec.tags(), TAG_OUTCOME: "running"}).info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in spec_params(spec).items()])
+                               tags={**spec.tags(), TAG_OUTCOME: "running", **plan_tags}
+                               ).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in spec_params(spec).items()],
+                     metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     return run_id
 
 

@@ -1,4 +1,4 @@
-"""The MLflow store: which one, created safely on first use, experiments, redacted URIs.
+"""The MLflow store: which one, created safely on first use, experiments.
 
 A new SQLite store has its schema created by the first client that opens it; two
 processes doing that at once crash in MLflow's migration ("table ... already exists").
@@ -11,7 +11,6 @@ import fcntl
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from contracts.paths import default_tracking_uri
 
@@ -68,13 +67,3 @@ def ensure_experiment(client: Any, name: str) -> str:
         if found is None:
             raise
         return found.experiment_id
-
-
-def redact(uri: str) -> str:
-    """A URI without its credentials, for logs and error messages."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri

@@ -15,6 +15,7 @@ from contracts.files import read_mapping
 from contracts.outcomes import EXIT_BAD_INPUT as EXIT_BAD_SPEC
 from contracts.outcomes import EXIT_OK as EXIT_FINISHED
 from contracts.outcomes import OUTCOME_EXIT_CODES
+from contracts.redact import run_main
 from contracts.spec import RunSpec, parse_spec
 
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-seq-length", type=int, help="tokens per example (default 1024)")
     add("--lr-schedule", choices=["constant", "constant_with_warmup", "linear", "cosine"])
     add("--zero-stage", type=int, choices=[0, 2, 3], help="DeepSpeed ZeRO stage")
+    add("--bf16", choices=["auto", "on", "off"],
+        help="bfloat16 (auto: where the hardware computes in it natively)")
     add("--data", help="'synthetic', 'hub:rcds/swiss_judgment_prediction', or a JSONL/"
         "Parquet file or folder in the SJP schema")
     add("--data-config", help="hub dataset config (e.g. all_languages)")
@@ -69,7 +72,7 @@ DATA_FLAGS = {"data": "source", "data_config": "hub_config", "languages": "langu
               "max_samples": "max_samples"}
 SPEC_FLAGS = ("model", "model_path", "method", "lr", "rank", "alpha", "seed", "epochs",
               "max_steps", "per_device_batch", "grad_accum", "max_seq_length", "lr_schedule",
-              "zero_stage", "output_dir", "sweep_id", "experiment", "save_steps")
+              "zero_stage", "bf16", "output_dir", "sweep_id", "experiment", "save_steps")
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -88,6 +91,15 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return parse_spec(raw)
 
 
+def check_writable(folder: Path) -> None:
+    """The run folder can be created (its nearest existing parent is a writable folder)."""
+    parent = folder.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"output_dir: cannot create {folder} ({parent} is not a writable folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[training] %(message)s")
@@ -104,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.to_yaml() + f"# spec_hash: {spec.spec_hash}")
         return EXIT_FINISHED
 
-    from training.job import run_training
+    from training.data import DataError
+    from training.job import prepare_inputs, run_training
 
+    try:  # data, tokenizer and output folder checked before anything is created
+        inputs = prepare_inputs(spec)
+        check_writable(spec.run_dir)
+    except (DataError, SpecError) as error:
+        print(error, file=sys.stderr)
+        return EXIT_BAD_SPEC
     print(f"[training] {spec.run_name} spec={spec.spec_hash} -> {spec.run_dir}", file=sys.stderr)
-    outcome = run_training(spec, job_id=args.job_id, register=not args.no_register)
+    outcome = run_training(spec, job_id=args.job_id, register=not args.no_register,
+                           inputs=inputs)
     print(f"[training] {outcome.outcome}: final loss {outcome.final_loss} after "
           f"{outcome.steps} steps; MLflow run {outcome.run_id}; model {outcome.model_uri}",
           file=sys.stderr)
@@ -115,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -16,6 +16,8 @@ from typing import Any
 
 from datasets import Dataset
 
+from contracts.errors import SpecError
+
 OUTCOMES = {0: "dismissal", 1: "approval"}
 LANGUAGE_NAMES = {"de": "German", "fr": "French", "it": "Italian"}
 PROMPT_HEAD = (
@@ -52,7 +54,7 @@ class SftFormatter:
         longest_outcome = max(len(tokenizer(word).input_ids) for word in OUTCOMES.values())
         self.facts_budget = max_seq_length - overhead - longest_outcome - SAFETY_TOKENS
         if self.facts_budget < 16:
-            raise ValueError(
+            raise SpecError(
                 f"max_seq_length: {max_seq_length} leaves only {self.facts_budget} tokens "
                 "for the facts; raise it"
             )

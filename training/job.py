@@ -1,9 +1,14 @@
 """One training run of one spec: SJP data -> chat SFT -> TRL SFTTrainer -> MLflow.
 
 Works the same on one CPU and on many GPUs: under ``accelerate launch``/``torchrun``
-every process runs this, only the main process talks to MLflow, and DeepSpeed gets the
-ZeRO config the spec names. A job that is restarted with the same spec resumes from the
-last checkpoint in the spec's run folder and continues the same MLflow run.
+every process runs this, only rank 0 talks to MLflow (the others never open the store and
+stop with rank 0's error if it fails), and DeepSpeed gets the ZeRO config the spec names.
+The training arguments are built before the model, so that under ZeRO-3 ``from_pretrained``
+creates the model inside ``zero.Init``: each rank holds its shard from the start instead of
+a full float32 copy. What DeepSpeed itself reports (stage, world size, partitions) and what
+each rank held after loading go into the run (``engine/*``, ``memory/load_*``). A job that
+is restarted with the same spec resumes from the last checkpoint in the spec's run folder
+and continues the same MLflow run.
 """
 
 from __future__ import annotations
@@ -15,15 +20,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from contracts.paths import configs_dir
+from contracts.redact import redact_text
 from contracts.spec import RunSpec
-from training.data import load_cases
+from training.data import DataError, load_cases
 from training.devices import native_bf16
+from training.distributed import attach_deepspeed, engine_facts, parameter_memory
 from training.formatting import SftFormatter
 from training.layout import layout_tags
 from training.models import resolve_model_path
@@ -31,14 +38,17 @@ from training.tracking import (
     RUN_ID_FILE,
     MetricBuffer,
     MlflowStepLogger,
-    configure_tracking,
     final_loss,
     finish_run,
-    start_or_resume_run,
+    open_run,
     system_metrics_monitor,
 )
 
 log = logging.getLogger("lora_regret.training")
+# The final model's logits on a fixed probe, computed by the training processes themselves:
+# a saved or registered model must give the same (tests compare them after a reload).
+PROBE_FILE = "probe_logits.safetensors"
+PROBE_TEXT = "The Federal Supreme Court dismissed the appeal."
 Outcome = Literal["finished", "diverged", "oom", "failed"]
 
 
@@ -146,29 +156,61 @@ def is_out_of_memory(error: BaseException) -> bool:
         "out of memory" in message or "can't allocate memory" in message)
 
 
-def run_training(spec: RunSpec, job_id: str | None = None,
-                 register: bool = True) -> TrainOutcome:
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a run trains on, loaded and checked before anything is created."""
+
+    model_path: str
+    tokenizer: Any
+    dataset: Any
+
+
+def prepare_inputs(spec: RunSpec) -> TrainingInputs:
+    """The model's tokenizer and the formatted cases; DataError or SpecError (exit 2) when
+    they cannot be had, before any MLflow run or run folder exists."""
+    model_path = resolve_model_path(spec.model, spec.model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        raise DataError(f"model: cannot load the tokenizer of {model_path!r}: "
+                        f"{str(error).splitlines()[0][:300]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cases = load_cases(spec.data, seed=spec.seed)
+    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+    return TrainingInputs(model_path, tokenizer, dataset)
+
+
+def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True,
+                 inputs: TrainingInputs | None = None) -> TrainOutcome:
     """Train one spec to the end (or to divergence); record everything in MLflow.
 
     Outcomes: ``finished``; ``diverged`` (non-finite loss, training stopped early);
     ``oom`` (out of memory, recorded with the run's configuration); other errors mark
-    the run ``failed`` and propagate.
+    the run ``failed`` and propagate. Bad data or a bad model path raise before anything
+    is created.
     """
     started = time.monotonic()
+    inputs = inputs or prepare_inputs(spec)
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    # First: the process group (all ranks) and the DeepSpeed config the model loads under.
+    args = build_sft_config(spec, run_dir)
+    log.info("%d training process(es)", args.world_size)  # sets up the process group
+    if spec.zero_stage is not None:
+        attach_deepspeed()
     main = is_main_process()
-    configure_tracking()
     resumed = (run_dir / RUN_ID_FILE).is_file()
-    run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
-    monitor = system_metrics_monitor(run_id, resumed) if run_id else None
+    run_id = open_run(spec, run_dir, job_id)
+    monitor = system_metrics_monitor(run_id, resumed) if main and run_id else None
     try:
-        return _train(spec, run_dir, run_id, started, register)
+        return _train(spec, inputs, args, run_dir, run_id if main else None, started,
+                      register)
     except BaseException as error:
         if main and run_id:
             oom = is_out_of_memory(error)
             finish_run(run_id, "oom" if oom else "failed", peak_memory_mb(),
-                       {"failure_reason": f"{type(error).__name__}: {error}"[:4000],
+                       {"failure_reason": redact_text(f"{type(error).__name__}: {error}")[:4000],
                         **layout_tags(spec, accelerator=torch.cuda.is_available())})
             if oom:
                 log.error("out of memory: %s", error)
@@ -179,19 +221,15 @@ def run_training(spec: RunSpec, job_id: str | None = None,
             monitor.finish()
 
 
-def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
-           register: bool) -> TrainOutcome:
+def _train(spec: RunSpec, inputs: TrainingInputs, args, run_dir: Path, run_id: str | None,
+           started: float, register: bool) -> TrainOutcome:
     from trl import SFTTrainer
 
-    model_path = resolve_model_path(spec.model, spec.model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    cases = load_cases(spec.data, seed=spec.seed)
-    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
+    model_path, tokenizer, dataset = inputs.model_path, inputs.tokenizer, inputs.dataset
+    # Under ZeRO-3 (args alive) this runs inside zero.Init: every rank loads its shard.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    load_memory = parameter_memory(model)
 
-    args = build_sft_config(spec, run_dir)
     samples_per_step = spec.per_device_batch * spec.grad_accum * args.world_size
     logger = MlflowStepLogger(MetricBuffer(run_id) if run_id else None, samples_per_step)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
@@ -205,15 +243,22 @@ def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
         log.warning("resuming from %s", checkpoint)
     load_time = time.monotonic() - started
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    facts = engine_facts(trainer)
 
     diverged = logger.diverged_at is not None
     loss = final_loss(logger.losses, spec.final_loss_window)
     final_dir = run_dir / "final"
     if not diverged:
-        trainer.save_model(str(final_dir))  # the adapter, or the full weights, + tokenizer
-    if run_id is None:  # not the main process: MLflow is the main process's job
-        return TrainOutcome("diverged" if diverged else "finished", None, loss,
-                            steps=result.global_step)
+        # The adapter, or the full weights (ZeRO-3: gathered into one 16-bit state dict).
+        trainer.save_model(str(final_dir))
+        _save_probe(trainer, tokenizer, run_dir / PROBE_FILE)
+    with _gathered_trainable(trainer):  # ZeRO-3: the adapter whole on every rank
+        if run_id is None:  # not the main process: MLflow is rank 0's job
+            return TrainOutcome("diverged" if diverged else "finished", None, loss,
+                                steps=result.global_step)
+        model_uri = version = None
+        if register and not diverged and spec.method == "lora":
+            model_uri, version = _register_lora(spec, run_id, trainer, tokenizer, model_path)
 
     runtime = time.monotonic() - started
     devices = args.world_size if torch.cuda.is_available() else 0
@@ -229,9 +274,10 @@ def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
         "model/trainable_fraction": trainable / total if total else None,
         "cost/gpu_hours": runtime * devices / 3600,
         **peak_memory_mb(),
+        **load_memory,
+        **facts.metrics(),
     }
-    tags = layout_tags(spec, accelerator=torch.cuda.is_available())
-    model_uri = version = None
+    tags = {**layout_tags(spec, accelerator=torch.cuda.is_available()), **facts.tags()}
     if diverged:
         tags["diverged_at_step"] = str(logger.diverged_at)
     elif spec.method == "full":
@@ -240,13 +286,42 @@ def _train(spec: RunSpec, run_dir: Path, run_id: str | None, started: float,
             from training.registry import register_checkpoint
 
             model_uri, version = register_checkpoint(spec, run_id, final_dir)
-    elif register:
-        model_uri, version = _register_lora(spec, run_id, trainer, tokenizer, model_path)
     if model_uri:
         tags["registered_model_uri"] = model_uri
     outcome: Outcome = "diverged" if diverged else "finished"
     finish_run(run_id, outcome, summary, tags)
     return TrainOutcome(outcome, run_id, loss, model_uri, version, result.global_step)
+
+
+def _gathered_trainable(trainer):
+    """Under ZeRO-3, the trainable parameters gathered whole on every rank (collective);
+    elsewhere nothing to do. Only trainable ones: a LoRA base stays sharded."""
+    import contextlib
+
+    if not getattr(trainer, "is_deepspeed_enabled", False) or \
+            trainer.deepspeed.zero_optimization_stage() != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def _save_probe(trainer, tokenizer, path: Path) -> None:
+    """The trained model's logits on PROBE_TEXT (every rank runs the forward: under ZeRO-3
+    it gathers the layers); rank 0 writes them beside the run's checkpoints."""
+    from safetensors.torch import save_file
+
+    model = trainer.model
+    inputs = tokenizer(PROBE_TEXT, return_tensors="pt").to(trainer.args.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=inputs["input_ids"]).logits.float().cpu()
+    model.train(was_training)
+    if is_main_process():
+        save_file({"input_ids": inputs["input_ids"].cpu().contiguous(),
+                   "logits": logits.contiguous()}, str(path))
 
 
 def _register_lora(spec: RunSpec, run_id: str, trainer, tokenizer, model_path: str):

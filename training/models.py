@@ -23,9 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from contracts.paths import project_root
 from contracts.presets import ModelPreset, get_preset
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # ChatML, the template SmolLM2 uses; the tiny model gets the same so formatting code
 # paths are identical. No {% generation %} markers: completion-only loss comes from
@@ -40,7 +39,7 @@ TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LORA_REGRET_CACHE", REPO_ROOT / ".cache"))
+    return Path(os.environ.get("LORA_REGRET_CACHE") or project_root() / ".cache")
 
 
 def resolve_model_path(preset_name: str, model_path: str | None = None) -> str:

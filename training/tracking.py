@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from contracts.spec import RunSpec
 from tracking.runs import create_spec_run
 from tracking.store import configure
+from training.distributed import on_rank_zero
 
 RUN_ID_FILE = "mlflow_run_id"
 # MLflow accepts at most 1000 metrics per log_batch call.
@@ -39,6 +40,17 @@ STEP_METRICS = {
 def configure_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else the project's local SQLite store."""
     return configure()
+
+
+def open_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str | None:
+    """The spec's MLflow run, opened by rank 0 only (store configured, run started or
+    resumed); other ranks never touch MLflow and get None, or RankZeroFailed with rank 0's
+    error. Collective: every rank of a multi-process job calls it."""
+    def rank_zero() -> str:
+        configure_tracking()
+        return start_or_resume_run(spec, run_dir, job_id)
+
+    return on_rank_zero(rank_zero)
 
 
 def start_or_resume_run(spec: RunSpec, run_dir: Path, job_id: str | None) -> str:

@@ -7,7 +7,6 @@ model is loaded once; LoRA adapters are attached by name with PEFT and switched 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evaluation.backends.chat import render
-from evaluation.prompt import ANSWER_PREFIX
+from evaluation.scoring import continuation_ids, label_score, scoring_prefix_ids
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -119,55 +118,43 @@ class TransformersBackend:
     @torch.inference_mode()
     def choice_logprobs(self, prompts: list[str],
                         labels: list[tuple[str, ...]]) -> list[list[float]]:
-        prefixes = [render(self.tokenizer, prompt, ANSWER_PREFIX) for prompt in prompts]
-        scores: list[list[float]] = [[] for _ in prompts]
-        started, done = time.monotonic(), 0
+        """Each label's score (``evaluation.scoring``), one question at a time: the prompt
+        is run once and its key/value cache shared by all the labels' continuations."""
+        scores: list[list[float]] = []
+        started = time.monotonic()
         with self._active_weights():
-            for indices in self._batches(prefixes):
-                for i, row in zip(indices, self._score_batch(
-                        [prefixes[i] for i in indices], [labels[i] for i in indices]),
-                        strict=True):
-                    scores[i] = row
-                done += len(indices)
-                self._report("log-likelihood", done, len(prompts), started)
+            for done, (prompt, row) in enumerate(zip(prompts, labels, strict=True), start=1):
+                prefix = scoring_prefix_ids(self.tokenizer, prompt)
+                continuations = [continuation_ids(self.tokenizer, label) for label in row]
+                scores.append([label_score(lp) for lp in self._continuation_logprobs(
+                    prefix, continuations)])
+                if done % self.batch_size == 0 or done == len(prompts):
+                    self._report("log-likelihood", done, len(prompts), started)
         return scores
 
-    def _label_ids(self, label: str) -> list[int]:
-        return self.tokenizer(label, add_special_tokens=False)["input_ids"]
-
-    def _forward(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Log-softmax over the vocabulary for left-padded sequences (B, T, V)."""
-        width = max(len(seq) for seq in sequences)
+    def _continuation_logprobs(self, prefix: list[int],
+                               continuations: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probabilities of each continuation after ``prefix``."""
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        rows = [[first[c[0]].item()] for c in continuations]
+        width = max(len(c) for c in continuations)
+        if width == 1:
+            return rows
+        # The rest of every continuation in one batch on top of the shared prompt cache.
+        # Right padding: a padded position comes after the real tokens, so it changes none.
+        n = len(continuations)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
         pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences],
-                            device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        return torch.log_softmax(logits.float(), dim=-1)
-
-    def _score_batch(self, prefixes: list[str],
-                     labels: list[tuple[str, ...]]) -> list[list[float]]:
-        prefix_ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
-        label_ids = [[self._label_ids(label) for label in row] for row in labels]
-        if all(len(ids) == 1 for row in label_ids for ids in row):
-            # One forward pass per question: the next-token distribution after the marker.
-            logprobs = self._forward(prefix_ids)[:, -1, :]
-            return [[logprobs[b, ids[0]].item() for ids in row]
-                    for b, row in enumerate(label_ids)]
-        # Multi-token labels (AA, AB, ...): score prefix + label sequences.
-        sequences, owners = [], []
-        for b, row in enumerate(label_ids):
-            for ids in row:
-                sequences.append(prefix_ids[b] + ids)
-                owners.append((b, len(ids)))
-        logprobs = self._forward(sequences)
-        width = logprobs.shape[1]
-        out: list[list[float]] = [[] for _ in prefixes]
-        for k, (b, n) in enumerate(owners):
-            targets = sequences[k][-n:]
-            total = 0.0
-            for j, token in enumerate(targets):
-                total += logprobs[k, width - n - 1 + j, token].item()
-            out[b].append(total if math.isfinite(total) else -math.inf)
-        return out
+        tokens = torch.tensor([c + [pad] * (width - len(c)) for c in continuations],
+                              device=self.device)
+        positions = torch.arange(len(prefix), len(prefix) + width - 1,
+                                 device=self.device).expand(n, -1)
+        mask = torch.ones(n, len(prefix) + width - 1, dtype=torch.long, device=self.device)
+        logits = self.model(input_ids=tokens[:, :-1], past_key_values=cache,
+                            attention_mask=mask, position_ids=positions).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for k, c in enumerate(continuations):
+            rows[k] += [logprobs[k, j - 1, c[j]].item() for j in range(1, len(c))]
+        return rows

@@ -35,6 +35,14 @@ def _command_line(argv: tuple[str, ...], profile: ClusterProfile, res: Resources
         return command
     if profile.launcher == "srun":
         return f"srun{env_opt} {command}"
+    if profile.backend == "local":
+        # One machine: torchrun's standalone rendezvous (a free local port), workers_per_node
+        # processes; `python -m mod` -> `python -m torch.distributed.run ... -m mod`.
+        if len(argv) > 2 and argv[1] == "-m":
+            return (f"{_quote_arg(argv[0])} -m torch.distributed.run --standalone "
+                    f"--nproc-per-node={res.workers} "
+                    + " ".join(_quote_arg(a) for a in argv[1:]))
+        return command
     # torchrun: one launcher per node, one worker per GPU; `python -m mod` -> `-m mod`.
     rest = argv[1:] if len(argv) > 2 and argv[1] == "-m" else argv
     workers = res.workers
