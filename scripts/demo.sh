@@ -22,6 +22,9 @@ export DEMO_EVAL_MAX_NEW_TOKENS="${DEMO_EVAL_MAX_NEW_TOKENS:-16}"
 export DEMO_TIMEOUT_S="${DEMO_TIMEOUT_S:-2400}"
 export LORA_REGRET_REPORTS_DIR="${LORA_REGRET_REPORTS_DIR:-$LORA_REGRET_STATE/reports}"
 STATE="$LORA_REGRET_STATE"
+# Logs, the Airflow home (its admin password, printed into its log too) and the job
+# folders are the user's alone.
+umask 077
 mkdir -p "$STATE/pids" "$STATE/logs"
 
 step() { printf '\n==> %s\n' "$*"; }

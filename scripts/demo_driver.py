@@ -52,6 +52,7 @@ def admin_password_file() -> Path:
 def admin_password() -> str:
     path = admin_password_file()
     wait_for("Airflow's admin password file", path.is_file)
+    path.chmod(0o600)
     return json.loads(path.read_text())["admin"]
 
 
@@ -196,8 +197,8 @@ def main() -> int:
     print(f"""
 Done in {minutes:.1f} min (sweep {sweep_state}, report {report_state}).
 
-  Airflow UI   {AIRFLOW}    login: admin / {password}
-               (password file: {admin_password_file()})
+  Airflow UI   {AIRFLOW}    login: admin, password in {admin_password_file()}
+               (readable by you only; Airflow wrote it when it started)
   MLflow UI    {MLFLOW}     experiment 'lora-regret', registered models 'lora-regret-*'
   Report       {newest or reports}  (also logged to MLflow as a run tagged kind=report)
 

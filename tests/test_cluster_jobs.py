@@ -106,7 +106,7 @@ def test_alps_script_is_valid_bash_with_container_and_torchrun(tmp_path: Path) -
     request = JobRequest(name="j", argv=("python", "-m", "training", "--spec",
                                          f"{JOB_DIR_PLACEHOLDER}/spec.yaml"),
                          resources_key="apertus-70b", key="k")
-    script = render_script(alps, request, "/scratch/jobs/k", {})
+    script = render_script(alps, request, "/scratch/jobs/k")
     assert "#SBATCH --nodes=4" in script and "#SBATCH --gpus-per-node=4" in script
     assert "--environment=lora-regret" in script and "torchrun" in script
     path = tmp_path / "job.sh"

@@ -110,7 +110,7 @@ def test_job_script_asks_for_the_specs_layout() -> None:
     request = JobRequest(name="j", argv=("python", "-m", "training", "--spec", "s.yaml"),
                          resources_key="apertus-70b",
                          resources=ResourceRequest(nodes=8, gpus_per_node=2))
-    script = render_script(profile, request, "/jobs/j", {})
+    script = render_script(profile, request, "/jobs/j")
     assert "#SBATCH --nodes=8" in script and "#SBATCH --gpus-per-node=2" in script
     assert "#SBATCH --mem=400G" in script  # the key's override still applies
     assert "--nproc-per-node=2" in script and "torchrun -m training" in script

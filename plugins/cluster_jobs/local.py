@@ -28,12 +28,35 @@ from contracts.jobs import (
     JobRequest,
 )
 from contracts.profiles import ClusterProfile
+from contracts.redact import redact_text
 from contracts.states import JobState, JobStatus
 
 PID_FILE = "runner.pid"
 LOCK_FILE = "runner.lock"
 CANCEL_FILE = "cancel_requested"
 CANCEL_WAIT_S = 30.0  # the runner stops its job within KILL_WAIT_S, then writes its result
+
+
+# What a local job inherits from the submitting process besides the profile's pass_env:
+# enough to run programs, nothing else (Airflow's own settings and secrets stay behind).
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL")
+
+
+def job_environment(profile: ClusterProfile, environ: Mapping[str, str],
+                    job_id: str) -> dict[str, str]:
+    """The environment a local job starts with: BASE_ENV, locale settings, the profile's
+    ``pass_env`` and its id."""
+    env = {k: v for k, v in environ.items() if k in BASE_ENV or k.startswith("LC_")}
+    env.update((k, environ[k]) for k in profile.pass_env if k in environ)
+    env["CLUSTER_JOB_ID"] = job_id
+    return env
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file only its owner can read (job folders hold specs and scripts)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 class LocalJobs:
@@ -67,20 +90,17 @@ class LocalJobs:
         job_dir = self.job_dir(job_id)
         if (job_dir / JOB_ID_FILE).is_file():
             return job_id, True
-        job_dir.mkdir(parents=True, exist_ok=True)
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for name, content in request.files.items():
-            (job_dir / name).write_text(content)
+            write_private(job_dir / name, content)
         after = [str(self.job_dir(k)) for k in depends_on
                  if (self.job_dir(k) / JOB_ID_FILE).is_file()]
         if after:
-            (job_dir / AFTER_FILE).write_text("\n".join(after) + "\n")
-        env_in = {k: environ[k] for k in self.profile.pass_env if k in environ}
-        script = render_script(self.profile, request, str(job_dir), env_in)
-        (job_dir / SCRIPT_FILE).write_text(script)
+            write_private(job_dir / AFTER_FILE, "\n".join(after) + "\n")
+        write_private(job_dir / SCRIPT_FILE, render_script(self.profile, request, str(job_dir)))
         limit = self.profile.resources_for(request.resources_key,
                                            request.resources).time_limit_seconds
-        env = {**os.environ, "CLUSTER_JOB_ID": job_id}
-        env.pop("SLURM_JOB_ID", None)
+        env = job_environment(self.profile, environ, job_id)
         lock = os.open(job_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # handed to the runner, held while it lives
@@ -220,7 +240,7 @@ class LocalJobs:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 64 * 1024))
             text = handle.read().decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return redact_text("\n".join(text.splitlines()[-lines:]))
 
 
 def main(argv: list[str]) -> int:

@@ -125,6 +125,7 @@ def run(job_dir: Path, time_limit_s: float, slots_dir: Path | None = None,
 
 
 def main(argv: list[str]) -> int:
+    os.umask(0o077)  # the log, results and whatever the job writes: the user's alone
     job_dir, limit = Path(argv[0]), float(argv[1])
     slots_dir, slots = (Path(argv[2]), int(argv[3])) if len(argv) > 3 else (None, 0)
     state = run(job_dir, limit, slots_dir, slots)

@@ -97,14 +97,17 @@ def _chdir_line(profile: ClusterProfile) -> str | None:
     return f'cd "$HOME"/{shlex.quote(profile.chdir)}'
 
 
-def render_script(
-    profile: ClusterProfile, request: JobRequest, job_dir: str, pass_env: dict[str, str]
-) -> str:
+def render_script(profile: ClusterProfile, request: JobRequest, job_dir: str) -> str:
     """The job script: #SBATCH header (ignored by the local backend), environment, setup,
     the command, and its exit code written beside the log (read back if the scheduler
-    has already forgotten the job)."""
+    has already forgotten the job).
+
+    Only the profile's and the request's own settings are written into it; the values the
+    profile passes from the submitting side (``pass_env``: a tracking URI with its password,
+    say) reach the job through the environment of the process that starts it, never a file.
+    """
     res = job_resources(profile, request)
-    env = {**pass_env, **profile.env, **request.env}
+    env = {**profile.env, **request.env}
     body = [
         "#!/bin/bash",
         *sbatch_directives(profile, request, job_dir),

@@ -22,6 +22,7 @@ from cluster_jobs.results import JobReport, SubmitOutcome
 from cluster_jobs.script import render_script
 from contracts.jobs import EXIT_CODE_FILE, JOB_ID_FILE, LOG_FILE, SCRIPT_FILE, JobRequest
 from contracts.profiles import ClusterProfile
+from contracts.redact import redact_text
 from contracts.states import JobAccounting, JobState, JobStatus
 
 # SLURM's long state names (scontrol JobState, sacct State, squeue %T) -> JobState.
@@ -115,10 +116,11 @@ def _submit_one(profile: ClusterProfile, request: JobRequest, depends_on: Sequen
     key = request.key
     qdir = shlex.quote(remote_job_dir(profile, key))
     placeholder = "@@JOB_DIR@@"
-    script = render_script(profile, request, placeholder, dict(pass_env))
+    script = render_script(profile, request, placeholder)
     deps = [f'd=$(cat {shlex.quote(remote_job_dir(profile, k))}/{JOB_ID_FILE} 2>/dev/null) '
             '&& deps="$deps:$d"' for k in depends_on]
     body = [
+        "umask 077",  # job folders hold specs and scripts: the user's alone
         f"mkdir -p {qdir}",
         f"cd {qdir}",
         f'if [ -s {JOB_ID_FILE} ]; then echo "existing {key} $(cat {JOB_ID_FILE})"; exit 0; fi',
@@ -131,6 +133,9 @@ def _submit_one(profile: ClusterProfile, request: JobRequest, depends_on: Sequen
         f"rm -f {SCRIPT_FILE}.in",
         'deps=""',
         *deps,
+        # The profile's pass_env reaches the job through sbatch's exported environment,
+        # never through a file.
+        *[f"export {name}={shlex.quote(value)}" for name, value in sorted(pass_env.items())],
         f'out=$(sbatch --parsable ${{deps:+--dependency=afterany$deps}} {SCRIPT_FILE} 2>&1) '
         '|| { echo "$out" >&2; exit 3; }',
         'id="${out##*$\'\\n\'}"; id="${id%%;*}"',
@@ -373,7 +378,7 @@ def parse_log_tails(stdout: str, marker: str) -> dict[str, str]:
             current = tails.setdefault(line[len(marker) + 1:].strip(), [])
         elif current is not None:
             current.append(line)
-    return {key: "\n".join(lines) for key, lines in tails.items()}
+    return {key: redact_text("\n".join(lines)) for key, lines in tails.items()}
 
 
 def cancel_script(job_ids: Iterable[str]) -> str:
