@@ -38,6 +38,7 @@ from contracts.names import (
     TAG_SWEEP_ID,
 )
 from evaluation.backends import Backend
+from evaluation.extras import EvalExtras
 from evaluation.models import adapter_rank, resolve_adapter, resolve_base, resolve_dtype
 from evaluation.runner import EvalReport, EvalSet, build_eval_set, evaluate
 from evaluation.tracking import baseline_run, log_report, parse_model_uri
@@ -55,11 +56,13 @@ class EvalTarget(BaseModel):
     model_uri: str | None = None
     checkpoint_path: str | None = None
     eval_hash: str = ""
+    step: int | None = None  # a checkpoint of the run (None: its final model)
 
     @property
     def adapter_name(self) -> str:
         """The run name as a PEFT/vLLM adapter name (PEFT refuses dots in module names)."""
-        return re.sub(r"[^A-Za-z0-9_-]", "_", self.run_name)
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", self.run_name)
+        return name if self.step is None else f"{name}_step{self.step}"
 
 
 def _target(run: Any) -> EvalTarget | None:
@@ -135,34 +138,46 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path,
         return reports
     dtype = resolve_dtype(spec.dtype)
     base_path = resolve_base(spec.model)
+    extras = EvalExtras(client, spec, output_dir)  # held-out SJP, deltas, checkpoints
+    checkpoints = extras.prepare(targets)
 
-    def record(report: EvalReport, run_id: str, model_uri: str | None = None) -> None:
+    def record(report: EvalReport, backend: Backend, target: EvalTarget | None) -> None:
+        """A final model's (or the baseline's, target None) report into its run; a
+        checkpoint's at its step."""
+        run_id = target.run_id if target else baseline_id
+        assert run_id
         report = report.model_copy(update={"run_id": run_id})
-        report.write_json(output_dir / f"{run_id}-{report.eval_hash}.json")
-        log_report(client, run_id, report)
-        _tag_version(client, model_uri, report.eval_hash)
-        reports.append(report)
+        step = target.step if target else None
+        suffix = "" if step is None else f"-step{step}"
+        report.write_json(output_dir / f"{run_id}{suffix}-{report.eval_hash}.json")
+        if step is None:
+            log_report(client, run_id, report, step=extras.final_step(run_id) if target else 0)
+            _tag_version(client, target.model_uri if target else None, report.eval_hash)
+            reports.append(report)
+        extras.after_report(report, run_id, backend, step=step, baseline=target is None)
 
     with tempfile.TemporaryDirectory(prefix="lexam-adapters-") as workdir:
         loras = [(t, resolve_adapter(t.model_uri or "", workdir))
                  for t in targets if t.method == "lora"]
-        fulls = [t for t in targets if t.method == "full"]
+        loras += [(t, Path(t.checkpoint_path or "")) for t in checkpoints if t.method == "lora"]
+        fulls = [t for t in [*targets, *checkpoints] if t.method == "full"]
         if baseline_id or loras:
             with _base_backends(spec.backend, base_path, loras, options, dtype, server_port,
                                 workdir) as get:
                 if baseline_id:
-                    record(_run(get(None), eval_set, options, spec.model, None, spec.backend),
-                           baseline_id)
+                    record(_run(base := get(None), eval_set, options, spec.model, None,
+                                spec.backend), base, None)
                 for target, _ in loras:
-                    report = _run(get(target.adapter_name), eval_set, options, spec.model,
-                                  target.model_uri, spec.backend)
-                    record(report, target.run_id, target.model_uri)
+                    backend = get(target.adapter_name)
+                    report = _run(backend, eval_set, options, spec.model,
+                                  target.model_uri or target.checkpoint_path, spec.backend)
+                    record(report, backend, target)
         for target in fulls:
             path = target.checkpoint_path or ""
             with _base_backends(spec.backend, path, [], options, dtype, server_port,
                                 workdir) as get:
-                record(_run(get(None), eval_set, options, path, None, spec.backend),
-                       target.run_id, target.model_uri)
+                record(_run(backend := get(None), eval_set, options, path, None, spec.backend),
+                       backend, target)
     return reports
 
 
