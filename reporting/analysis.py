@@ -305,17 +305,18 @@ def size_effect(models: list[ModelFindings]) -> SizeEffect | None:
     )
 
 
-def analyse(data: SweepData, window: int = 10,
-            margin: float = DEFAULT_MARGIN) -> tuple[Findings, pd.DataFrame]:
+def analyse(data: SweepData, window: int = 10, margin: float = DEFAULT_MARGIN,
+            retention_metric: str = "accuracy") -> tuple[Findings, pd.DataFrame]:
     """Findings of a sweep, and the prepared runs table the figures draw from.
-    ``margin``: LEXam accuracy below the base model a recommended recipe may lose."""
+    ``margin``: LEXam accuracy below the base model a recommended recipe may lose, in
+    ``retention_metric`` (official ``accuracy`` or ``loglik_accuracy``)."""
     runs = prepare_runs(data, window)
     models = sorted((analyse_model(runs, data.baselines, model)
                      for model in runs["model"].unique() if model),
                     key=lambda m: (m.total_params or math.inf, m.model))
     for m in models:
         m.heldout = analyse_heldout(runs, data.history, data.baselines, m.model, m.baseline,
-                                    margin)
+                                    margin, retention_metric)
     effect = size_effect(models)
     findings = Findings(
         sweep_id=data.sweep_id, generated_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -30,7 +30,9 @@ HISTORY_KEYS = ("train/loss", "train/learning_rate", "train/grad_norm",
 # the last step (docs/CONVENTIONS.md).
 CURVE_KEYS = ("lexam/accuracy", "lexam/format_rate", "lexam/loglik_accuracy",
               "lexam/accuracy_delta", "lexam/accuracy_delta_low", "lexam/accuracy_delta_high",
-              "lexam/n_questions", "sjp/macro_f1", "sjp/accuracy", "sjp/loss", "eval/loss")
+              "lexam/loglik_accuracy_delta", "lexam/loglik_accuracy_delta_low",
+              "lexam/loglik_accuracy_delta_high", "lexam/n_questions", "sjp/macro_f1",
+              "sjp/accuracy", "sjp/loss", "eval/loss")
 SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_params",
                 "model/trainable_fraction", "lexam/accuracy", "lexam/format_rate",
                 "lexam/parsed_accuracy", "lexam/loglik_accuracy", "lexam/chance",
@@ -43,7 +45,8 @@ SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_param
                 "train/global_steps", "sjp/macro_f1", "sjp/accuracy", "sjp/loss",
                 "sjp/majority_macro_f1", "sjp/majority_accuracy", "sjp/n_cases",
                 "lexam/accuracy_delta", "lexam/accuracy_delta_low", "lexam/accuracy_delta_high",
-                "eval/loss")
+                "lexam/loglik_accuracy_delta", "lexam/loglik_accuracy_delta_low",
+                "lexam/loglik_accuracy_delta_high", "eval/loss")
 LAYOUT_TAGS = ("zero_stage", "nodes", "gpus_per_node", "failure_reason")
 # Where a run's model and checkpoints are, and which held-out cases it was scored on.
 MODEL_TAGS = ("registered_model_uri", "checkpoint_path", "checkpoint_snapshots",

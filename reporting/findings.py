@@ -228,6 +228,7 @@ class Recommendation(_Model):
     """Best held-out macro-F1 among the recipes that keep LEXam within the margin."""
 
     margin: float  # accuracy points (fraction) below the base model still accepted
+    metric: str = "accuracy"  # the LEXam accuracy retention is measured in
     rule: str
     base_accuracy: float | None
     n_candidates: int
@@ -242,8 +243,11 @@ class Recommendation(_Model):
 
 
 class HeldoutFindings(_Model):
-    """Beyond training loss: held-out SJP, forgetting over training, the recommendation."""
+    """Beyond training loss: held-out SJP, forgetting over training, the recommendation.
+    LEXam numbers here are in ``metric`` (``accuracy``: official; ``loglik_accuracy``)."""
 
+    metric: str = "accuracy"
+    base_level: float | None = None  # the base model's LEXam value in that metric
     sjp_baseline: SjpBaseline | None
     curves: list[Curve]
     retention: list[RetentionDrop]

@@ -41,9 +41,10 @@ from reporting.findings import (
 DEFAULT_MARGIN = 0.02
 AGREE_RHO = -0.5
 Z95 = 1.96
-CURVE_COLUMNS = ("lexam/accuracy", "lexam/accuracy_delta", "lexam/accuracy_delta_low",
-                 "lexam/accuracy_delta_high", "lexam/n_questions", "sjp/macro_f1",
-                 "sjp/accuracy", "eval/loss")
+RETENTION_METRICS = {"accuracy": "official accuracy", "loglik_accuracy": "log-likelihood accuracy"}
+CURVE_COLUMNS = tuple(f"lexam/{m}{suffix}" for m in RETENTION_METRICS
+                      for suffix in ("", "_delta", "_delta_low", "_delta_high")) + (
+    "lexam/n_questions", "sjp/macro_f1", "sjp/accuracy", "eval/loss")
 DEFINITIONS = {
     "curve": "checkpoint metrics at their steps, the final model's at the run's last step; "
              "configurations averaged over seeds",
@@ -111,6 +112,14 @@ def step_table(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
                              ).reset_index(drop=True)
 
 
+def with_metric(steps: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The step table with the retention metric's columns as ``acc``, ``acc_delta``,
+    ``acc_low``, ``acc_high`` (official or log-likelihood accuracy)."""
+    key = f"lexam/{metric}"
+    return steps.assign(acc=steps[key], acc_delta=steps[f"{key}_delta"],
+                        acc_low=steps[f"{key}_delta_low"], acc_high=steps[f"{key}_delta_high"])
+
+
 def config_steps(steps: pd.DataFrame) -> pd.DataFrame:
     """Per (model, method, rank, lr, step): means and spreads over seeds."""
     if steps.empty:
@@ -118,8 +127,8 @@ def config_steps(steps: pd.DataFrame) -> pd.DataFrame:
     keys = ["model", "method", "rank", "lr", "step"]
     grouped = steps.groupby(keys, dropna=False)
     out = grouped.agg(
-        lexam_accuracy=("lexam/accuracy", "mean"), lexam_accuracy_std=("lexam/accuracy", "std"),
-        accuracy_delta=("lexam/accuracy_delta", "mean"),
+        lexam_accuracy=("acc", "mean"), lexam_accuracy_std=("acc", "std"),
+        accuracy_delta=("acc_delta", "mean"),
         sjp_macro_f1=("sjp/macro_f1", "mean"), sjp_macro_f1_std=("sjp/macro_f1", "std"),
         sjp_accuracy=("sjp/accuracy", "mean"), eval_loss=("eval/loss", "mean"),
         final_loss=("final_loss", "mean"), final=("final", "all"),
@@ -162,10 +171,10 @@ def curves(configs: pd.DataFrame) -> list[Curve]:
 
 def _interval(row: dict, base: float | None) -> tuple[float, float, float, str] | None:
     """(delta, low, high, how) of one run at one step against the base model."""
-    if _num(row["lexam/accuracy_delta_high"]) is not None:
-        return (float(row["lexam/accuracy_delta"]), float(row["lexam/accuracy_delta_low"]),
-                float(row["lexam/accuracy_delta_high"]), "bootstrap")
-    accuracy, n = _num(row["lexam/accuracy"]), _num(row["lexam/n_questions"])
+    if _num(row["acc_high"]) is not None:
+        return (float(row["acc_delta"]), float(row["acc_low"]), float(row["acc_high"]),
+                "bootstrap")
+    accuracy, n = _num(row["acc"]), _num(row["lexam/n_questions"])
     if accuracy is None or base is None or not n:
         return None
     delta = accuracy - base
@@ -173,13 +182,12 @@ def _interval(row: dict, base: float | None) -> tuple[float, float, float, str] 
     return delta, delta - Z95 * se, delta + Z95 * se, "normal approximation"
 
 
-def retention_drops(steps: pd.DataFrame, base: Baseline | None) -> list[RetentionDrop]:
+def retention_drops(steps: pd.DataFrame, base_accuracy: float | None) -> list[RetentionDrop]:
     """Per (method, LR): the first step where at least half its runs lost LEXam accuracy
     beyond the noise."""
     out = []
     if steps.empty:
         return out
-    base_accuracy = base.accuracy if base else None
     for (method, lr), sub in steps.groupby(["method", "lr"]):
         evaluated = sorted(int(s) for s in sub["step"].unique())
         chosen, first = None, None
@@ -200,7 +208,7 @@ def retention_drops(steps: pd.DataFrame, base: Baseline | None) -> list[Retentio
         out.append(RetentionDrop(
             method=str(method), lr=float(lr), steps=evaluated, first_step=first,
             runs_dropped=len(dropped), runs=len(rows),
-            accuracy=_num(np.mean([r["lexam/accuracy"] for r, _ in rows])),
+            accuracy=_num(np.mean([r["acc"] for r, _ in rows])),
             delta=float(np.mean([iv[0] for iv in intervals])),
             delta_low=float(np.mean([iv[1] for iv in intervals])),
             delta_high=float(np.mean([iv[2] for iv in intervals])),
@@ -248,23 +256,22 @@ def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
-def tradeoff_points(steps: pd.DataFrame, base: Baseline | None) -> list[TradeoffPoint]:
+def tradeoff_points(steps: pd.DataFrame, base: float | None) -> list[TradeoffPoint]:
     if steps.empty or base is None:
         return []
-    final = steps[steps["final"] & np.isfinite(steps["lexam/accuracy"])
+    final = steps[steps["final"] & np.isfinite(steps["acc"])
                   & np.isfinite(steps["sjp/macro_f1"])].to_dict("records")
-    flags = pareto_flags([(r["lexam/accuracy"] - base.accuracy, r["sjp/macro_f1"])
-                          for r in final])
+    flags = pareto_flags([(r["acc"] - base, r["sjp/macro_f1"]) for r in final])
     return [TradeoffPoint(
         run_id=row["run_id"], run_name=row["run_name"] or row["run_id"], method=row["method"],
         rank=_int(row["rank"]), lr=float(row["lr"]), seed=_int(row["seed"]),
-        final_loss=_num(row["final_loss"]), lexam_accuracy=float(row["lexam/accuracy"]),
-        retention=float(row["lexam/accuracy"]) - base.accuracy,
+        final_loss=_num(row["final_loss"]), lexam_accuracy=float(row["acc"]),
+        retention=float(row["acc"]) - base,
         sjp_macro_f1=float(row["sjp/macro_f1"]), pareto=flag)
         for row, flag in zip(final, flags, strict=True)]
 
 
-def _candidate(row: pd.Series, steps: pd.DataFrame, base: Baseline | None) -> Candidate:
+def _candidate(row: pd.Series, steps: pd.DataFrame, base: float | None) -> Candidate:
     mine = steps[steps["run_id"].isin(row["run_ids"]) & (steps["step"] == row["step"])]
     best_run = mine.loc[mine["sjp/macro_f1"].astype(float).idxmax(), "run_id"]
     accuracy = float(row["lexam_accuracy"])
@@ -274,23 +281,25 @@ def _candidate(row: pd.Series, steps: pd.DataFrame, base: Baseline | None) -> Ca
         sjp_macro_f1=float(row["sjp_macro_f1"]), sjp_macro_f1_std=_num(row["sjp_macro_f1_std"]),
         sjp_accuracy=_num(row["sjp_accuracy"]), lexam_accuracy=accuracy,
         lexam_accuracy_std=_num(row["lexam_accuracy_std"]),
-        retention=accuracy - base.accuracy if base else None,
+        retention=None if base is None else accuracy - base,
         final_loss=_num(row["final_loss"]), n_seeds=int(row["n_seeds"]),
         run_ids=list(row["run_ids"]), best_run_id=str(best_run))
 
 
-def recommend(configs: pd.DataFrame, steps: pd.DataFrame, base: Baseline | None,
-              margin: float = DEFAULT_MARGIN, noise_z: float = 2.0) -> Recommendation | None:
+def recommend(configs: pd.DataFrame, steps: pd.DataFrame, base: float | None,
+              margin: float = DEFAULT_MARGIN, noise_z: float = 2.0,
+              metric: str = "accuracy") -> Recommendation | None:
     """The recipe with the best held-out macro-F1 that keeps LEXam within ``margin``."""
     if configs.empty:
         return None
     scored = configs[np.isfinite(configs["sjp_macro_f1"].astype(float))
                      & np.isfinite(configs["lexam_accuracy"].astype(float))]
-    rule = (f"best mean held-out SJP macro-F1 among recipes whose mean LEXam accuracy is at "
-            f"least the base model's minus {100 * margin:g} points")
+    rule = (f"best mean held-out SJP macro-F1 among recipes whose mean LEXam "
+            f"{RETENTION_METRICS[metric]} is at least the base model's minus "
+            f"{100 * margin:g} points")
     common = {"margin": margin, "rule": rule, "n_candidates": len(scored),
               "single_seed": bool(scored.empty or scored["n_seeds"].max() <= 1),
-              "base_accuracy": base.accuracy if base else None}
+              "base_accuracy": base, "metric": metric}
     if scored.empty:
         return Recommendation(**common, n_within_margin=0, best=None, runner_up=None,
                               within_noise_of_runner_up=None,
@@ -299,7 +308,7 @@ def recommend(configs: pd.DataFrame, steps: pd.DataFrame, base: Baseline | None,
         return Recommendation(**common, n_within_margin=0, best=None, runner_up=None,
                               within_noise_of_runner_up=None,
                               reason="no base-model LEXam baseline: the margin cannot be applied")
-    kept = scored[scored["lexam_accuracy"] >= base.accuracy - margin - 1e-12].copy()
+    kept = scored[scored["lexam_accuracy"] >= base - margin - 1e-12].copy()
     if kept.empty:
         return Recommendation(**common, n_within_margin=0, best=None, runner_up=None,
                               within_noise_of_runner_up=None,
@@ -321,15 +330,22 @@ def recommend(configs: pd.DataFrame, steps: pd.DataFrame, base: Baseline | None,
 
 
 def analyse_heldout(runs: pd.DataFrame, history: pd.DataFrame, baselines: pd.DataFrame,
-                    model: str, base: Baseline | None,
-                    margin: float = DEFAULT_MARGIN) -> HeldoutFindings | None:
-    """Everything beyond training loss for one base model; None without any evaluation."""
-    steps = step_table(runs[runs["model"] == model], history)
+                    model: str, base: Baseline | None, margin: float = DEFAULT_MARGIN,
+                    metric: str = "accuracy") -> HeldoutFindings | None:
+    """Everything beyond training loss for one base model; None without any evaluation.
+    ``metric``: the LEXam accuracy retention is measured in (``accuracy``, the official
+    one, or ``loglik_accuracy`` where answers are too short to carry the official format)."""
+    if metric not in RETENTION_METRICS:
+        raise ValueError(f"retention_metric: {metric!r} is not one of "
+                         f"{', '.join(RETENTION_METRICS)}")
+    steps = with_metric(step_table(runs[runs["model"] == model], history), metric)
     sjp_base = sjp_baseline(baselines, model)
     if steps.empty and sjp_base is None:
         return None
+    level = None if base is None else getattr(base, metric)
     configs = config_steps(steps)
     return HeldoutFindings(
-        sjp_baseline=sjp_base, curves=curves(configs), retention=retention_drops(steps, base),
-        loss_order=loss_order(steps), tradeoff=tradeoff_points(steps, base),
-        recommendation=recommend(configs, steps, base, margin))
+        metric=metric, base_level=level, sjp_baseline=sjp_base, curves=curves(configs),
+        retention=retention_drops(steps, level), loss_order=loss_order(steps),
+        tradeoff=tradeoff_points(steps, level),
+        recommendation=recommend(configs, steps, level, margin, metric=metric))

@@ -28,8 +28,9 @@ from reporting.labels import lr_label, model_label  # noqa: E402
 
 BASE_COLOR = "#555555"
 DROP_COLOR = "#D55E00"
-PANELS = (("lexam_accuracy", "lexam_accuracy_std", "LEXam accuracy (%)"),
+PANELS = (("lexam_accuracy", "lexam_accuracy_std", "LEXam {metric} (%)"),
           ("sjp_macro_f1", "sjp_macro_f1_std", "held-out SJP macro-F1 (%)"))
+METRIC_NAMES = {"accuracy": "accuracy", "loglik_accuracy": "log-lik. accuracy"}
 
 
 def _with_curves(findings: Findings) -> list[ModelFindings]:
@@ -38,7 +39,7 @@ def _with_curves(findings: Findings) -> list[ModelFindings]:
 
 def _base_levels(m: ModelFindings) -> dict[str, float | None]:
     sjp = m.heldout.sjp_baseline if m.heldout else None
-    return {"lexam_accuracy": m.baseline.accuracy if m.baseline else None,
+    return {"lexam_accuracy": m.heldout.base_level if m.heldout else None,
             "sjp_macro_f1": sjp.macro_f1 if sjp else None,
             "chance": m.baseline.chance if m.baseline else None,
             "majority": sjp.majority_macro_f1 if sjp else None}
@@ -119,7 +120,8 @@ def forgetting_curves(findings: Findings, out_dir: Path) -> list[Path]:
                 if row == 0:
                     ax.set_title(f"{model_label(m.model)} · LR {lr_label(lr)}", fontsize=9)
                 if col == 0:
-                    ax.set_ylabel(label)
+                    ax.set_ylabel(label.format(metric=METRIC_NAMES.get(m.heldout.metric,
+                                                                       m.heldout.metric)))
                 if row == 1:
                     ax.set_xlabel("optimizer step (0 = untouched base model)")
                 ax.set_xlim(left=0)
@@ -181,7 +183,8 @@ def task_vs_retention(findings: Findings, out_dir: Path) -> list[Path]:
                         (0.01, 100 * sjp.majority_macro_f1), xycoords=("axes fraction", "data"),
                         va="bottom", fontsize=7, color="#777777")
         ax.axvline(0, color=BASE_COLOR, lw=0.8)
-        ax.set_xlabel("LEXam retention: accuracy − base model (points)")
+        metric = METRIC_NAMES.get(h.metric, h.metric)
+        ax.set_xlabel(f"LEXam retention: {metric} − base model (points)")
         ax.set_ylabel("held-out SJP macro-F1 (%)")
         ax.set_title(model_label(m.model), fontsize=10)
         ax.grid(alpha=0.3)

@@ -53,7 +53,8 @@ def generate_sweep(client: MlflowClient, config: ReportConfig, sweep_id: str) ->
                       backend=config.history_backend)
     timings["fetch"] = time.perf_counter() - start
     mark = time.perf_counter()
-    findings, runs = analyse(data, config.final_loss_window, config.retention_margin)
+    findings, runs = analyse(data, config.final_loss_window, config.retention_margin,
+                             config.retention_metric)
     timings["analyse"] = time.perf_counter() - mark
     if config.set_alias and config.log_to_mlflow:
         mark = time.perf_counter()

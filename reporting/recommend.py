@@ -35,15 +35,17 @@ def mark_recommended(client: MlflowClient, findings: Findings, runs: pd.DataFram
         if recommendation is None or recommendation.best is None:
             continue
         try:
-            recommendation.registry = _mark(client, m.model, recommendation.best, runs, alias,
-                                            findings.sweep_id)
+            recommendation.registry = mark_candidate(
+                client, m.model, recommendation.best, runs, alias, findings.sweep_id)
         except (MlflowException, LookupError, ValueError) as error:
             recommendation.registry_note = f"alias not set: {error}"
             log.warning("%s: recommended version not marked: %s", m.model, error)
 
 
-def _mark(client: MlflowClient, model: str, best: Candidate, runs: pd.DataFrame, alias: str,
-          sweep_id: str) -> RegistryAlias:
+def mark_candidate(client: MlflowClient, model: str, best: Candidate, runs: pd.DataFrame,
+                   alias: str, sweep_id: str) -> RegistryAlias:
+    """Put ``alias`` on the registry version of ``best`` (registered by reference first
+    when it is a checkpoint)."""
     found = runs[runs["run_id"] == best.best_run_id]
     if found.empty:
         raise LookupError(f"run {best.best_run_id} is not in the sweep")

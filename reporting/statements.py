@@ -155,6 +155,11 @@ def points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f} points"
 
 
+def metric_name(metric: str) -> str:
+    return {"accuracy": "accuracy", "loglik_accuracy": "log-likelihood accuracy"}.get(
+        metric, metric)
+
+
 def method_name(method: str) -> str:
     return "LoRA" if method == "lora" else "full FT"
 
@@ -181,7 +186,8 @@ def _recommendation_text(m: ModelFindings, r: Recommendation) -> str:
                 if p.final and c.method == b.method and c.lr == b.lr and c.rank == b.rank),
                default=None)
     text = (f"{m.model}: recommended recipe: {recipe(b, last)}: held-out SJP macro-F1 "
-            f"{_spread(b.sjp_macro_f1, b.sjp_macro_f1_std, b.n_seeds)}, LEXam accuracy "
+            f"{_spread(b.sjp_macro_f1, b.sjp_macro_f1_std, b.n_seeds)}, LEXam "
+            f"{metric_name(r.metric)} "
             f"{pct(b.lexam_accuracy)} (base model {pct(r.base_accuracy)}, {points(b.retention)}; "
             f"margin {margin}); {r.n_within_margin} of {r.n_candidates} recipes keep LEXam "
             "within the margin.")
@@ -250,8 +256,9 @@ def heldout_statements(m: ModelFindings) -> list[tuple[str, str]]:
                     f"step {earliest.first_step}.")
         noise = ("bootstrap over questions" if all(d.noise == "bootstrap" for d in drops)
                  else "bootstrap over questions where logged, else a normal approximation")
-        out.append(("forgetting", f"{m.model}: LEXam accuracy first drops below the base model "
-                                  f"beyond noise ({noise}) at " + "; ".join(texts) + "." + lead))
+        out.append(("forgetting", f"{m.model}: LEXam {metric_name(h.metric)} first drops below "
+                                  f"the base model beyond noise ({noise}) at "
+                                  + "; ".join(texts) + "." + lead))
     if h.recommendation:
         out.append(("recommend", _recommendation_text(m, h.recommendation)))
     return out
