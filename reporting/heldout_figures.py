@@ -34,7 +34,10 @@ METRIC_NAMES = {"accuracy": "accuracy", "loglik_accuracy": "log-lik. accuracy"}
 
 
 def _with_curves(findings: Findings) -> list[ModelFindings]:
-    return [m for m in findings.models if m.heldout and m.heldout.curves]
+    """Models evaluated over training (a checkpoint) or on held-out SJP: a sweep evaluated
+    only at the end has no curve to draw (its tradeoff figure shows it)."""
+    return [m for m in findings.models if m.heldout and any(
+        not p.final or p.sjp_macro_f1 is not None for c in m.heldout.curves for p in c.points)]
 
 
 def _base_levels(m: ModelFindings) -> dict[str, float | None]:
