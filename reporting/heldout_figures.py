@@ -117,9 +117,10 @@ def forgetting_curves(findings: Findings, out_dir: Path) -> list[Path]:
                 for n, (step, who) in enumerate(sorted(at.items())):
                     ax.axvline(step, color=DROP_COLOR, ls=":", lw=1.4)
                     ax.annotate(f"{' + '.join(who)}: below base\nbeyond noise from {step}",
-                                (step, 0.04 + 0.12 * n), xycoords=("data", "axes fraction"),
+                                (step, 0.45 + 0.14 * n), xycoords=("data", "axes fraction"),
                                 fontsize=7, ha="left", va="bottom", color=DROP_COLOR,
-                                xytext=(3, 0), textcoords="offset points")
+                                xytext=(3, 0), textcoords="offset points",
+                                bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})
                 if row == 0:
                     ax.set_title(f"{model_label(m.model)} · LR {lr_label(lr)}", fontsize=9)
                 if col == 0:

@@ -204,14 +204,14 @@ def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True
     configure_tracking()
     resumed = (run_dir / RUN_ID_FILE).is_file()
     run_id = start_or_resume_run(spec, run_dir, job_id) if main else None
-    if run_id and inputs.split is not None:
-        from mlflow.tracking import MlflowClient
-
-        from tracking.splits import log_split
-
-        log_split(MlflowClient(), run_id, inputs.split)
     monitor = system_metrics_monitor(run_id, resumed) if run_id else None
     try:
+        if run_id and inputs.split is not None:
+            from mlflow.tracking import MlflowClient
+
+            from tracking.splits import log_split
+
+            log_split(MlflowClient(), run_id, inputs.split)  # which cases it never sees
         return _train(spec, inputs, run_dir, run_id, started, register)
     except BaseException as error:
         if main and run_id:
