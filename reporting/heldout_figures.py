@@ -176,6 +176,11 @@ def task_vs_retention(findings: Findings, out_dir: Path) -> list[Path]:
             if r.best and r.best.retention is not None:
                 ax.scatter([100 * r.best.retention], [100 * r.best.sjp_macro_f1], marker="*",
                            s=320, color="#CC79A7", edgecolor="black", lw=0.8, zorder=5)
+                where = "final" if r.best.final else "checkpoint"
+                ax.annotate(f"recommended ({where}, step {r.best.step})",
+                            (100 * r.best.retention, 100 * r.best.sjp_macro_f1),
+                            xytext=(9, 4), textcoords="offset points", fontsize=7,
+                            color="#8B3A73")
         sjp = h.sjp_baseline
         if sjp and sjp.macro_f1 is not None:
             ax.scatter([0], [100 * sjp.macro_f1], marker="D", s=60, color=BASE_COLOR, zorder=5)

@@ -134,6 +134,9 @@ def _excluded_table(findings: Findings) -> list[str]:
     return [*lines, ""]
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "loglik_accuracy": "log-lik. accuracy"}
+
+
 def _f1(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -144,9 +147,10 @@ def _recommendation_section(findings: Findings) -> list[str]:
             if m.heldout and m.heldout.recommendation]
     if not rows:
         return []
+    metric = METRIC_LABELS.get(rows[0][1].metric, rows[0][1].metric)
     lines = ["## Recommended recipe", "",
              "| model | | method | rank | LR | step | SJP macro-F1 | SJP accuracy | "
-             "LEXam accuracy | vs base | seeds | registry |",
+             f"LEXam {metric} | vs base | seeds | registry |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m, r in rows:
         for label, c in (("recommended", r.best), ("runner-up", r.runner_up)):
@@ -182,8 +186,9 @@ def _heldout_section(findings: Findings) -> list[str]:
         sb = h.sjp_baseline
         base = (f" (base model macro-F1 {_f1(sb.macro_f1)}, majority class "
                 f"{_f1(sb.majority_macro_f1)}, {sb.n_cases} held-out cases)" if sb else "")
+        metric = METRIC_LABELS.get(h.metric, h.metric)
         lines += [f"**{model_label(m.model)}**{base}", "",
-                  "| method | rank | LR | step | LEXam accuracy | vs base | SJP macro-F1 | "
+                  f"| method | rank | LR | step | LEXam {metric} | vs base | SJP macro-F1 | "
                   "validation loss | seeds |", "|---|---|---|---|---|---|---|---|---|"]
         for c in sorted(h.curves, key=lambda c: (c.method, c.lr, c.rank or 0)):
             for p in c.points:

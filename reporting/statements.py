@@ -191,6 +191,13 @@ def _recommendation_text(m: ModelFindings, r: Recommendation) -> str:
             f"{pct(b.lexam_accuracy)} (base model {pct(r.base_accuracy)}, {points(b.retention)}; "
             f"margin {margin}); {r.n_within_margin} of {r.n_candidates} recipes keep LEXam "
             "within the margin.")
+    majority = m.heldout.sjp_baseline.majority_macro_f1 if m.heldout and m.heldout.sjp_baseline \
+        else None
+    if majority is not None:
+        text += (f" Its macro-F1 is above the majority-class baseline's {majority:.3f}."
+                 if b.sjp_macro_f1 > majority else
+                 f" Its macro-F1 is not above the majority-class baseline's {majority:.3f}: "
+                 "it predicts no better than always answering the commoner outcome.")
     if r.runner_up:
         u = r.runner_up
         noise = {True: " (within seed noise of the best)",
