@@ -8,7 +8,7 @@ base model, then the report (figures, findings, recommendation, registry alias).
     .venv/bin/python scripts/heldout_sweep.py [--state DIR] [--steps 12] [--questions 24]
 
 Everything goes to DIR (default ``.state/heldout-sweep``): the MLflow store, run folders,
-evaluation results and the report. Takes 20-40 minutes on 2 busy cores.
+evaluation results and the report. Took 77 minutes on 2 cores shared with other work.
 """
 
 from __future__ import annotations
