@@ -11,7 +11,9 @@ With ``skip_evaluated`` a run already tagged with this evaluation set's hash is 
   server per full fine-tune; evaluated through the OpenAI-compatible endpoint.
 
 Each report is written to ``output_dir`` before it is logged to MLflow, so a tracking
-failure never loses an evaluation.
+failure never loses an evaluation. ``evaluation.extras`` adds the rest: the runs' kept
+checkpoints as extra targets (LoRA ones join the adapter list), held-out SJP scores and the
+difference to the base model, each at its step.
 """
 
 from __future__ import annotations
