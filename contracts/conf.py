@@ -29,7 +29,7 @@ from contracts.evaluation import LEXAM_HUB_REPO, Dtype, EvalOptions, Scorer
 from contracts.evaluation import Backend as EvalBackend
 from contracts.presets import load_presets
 from contracts.safe import SafeName, SafePath
-from contracts.spec import MAX_RANK, RunSpec
+from contracts.spec import DEFAULT_HELDOUT_FRACTION, MAX_RANK, RunSpec
 from contracts.sweep import GridBlock, SweepSpec, load_named_sweep, sweep_presets
 
 CLUSTER_ENV = "LORA_REGRET_CLUSTER"
@@ -156,6 +156,20 @@ class SweepConf(BaseModel):
         description="project, or lighteval (its own runner against the vLLM server; needs "
                     "the vllm backend). Format rate and log-likelihood accuracy always come "
                     "from the project's scorer.")
+    heldout_fraction: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] | None = Field(
+        default=None, title="Held-out SJP share",
+        description="Share of the SJP cases held out for scoring (stratified, seeded); "
+                    "0: none. Empty: the preset's (hub data: its validation split).")
+    checkpoint_every: Annotated[int, Field(strict=True, ge=0, le=1_000_000)] | None = Field(
+        default=None, title="Evaluate checkpoints",
+        description="Every Nth checkpoint save is evaluated (LEXam, held-out SJP): "
+                    "forgetting curves; 0: none. Empty: the preset's.")
+    full_checkpoints: StrictBool = Field(
+        default=False, title="Full FT checkpoints too",
+        description="Also keep and evaluate full fine-tune checkpoints (each a whole model).")
+    sjp_eval_cases: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] | None = Field(
+        default=None, title="Held-out SJP cases",
+        description="Score at most N held-out cases per model (default all).")
 
     @field_validator(*AXES, *INFRA_AXES, mode="before")
     @classmethod
@@ -165,7 +179,8 @@ class SweepConf(BaseModel):
 
     @field_validator("max_steps", "epochs", "data_source", "experiment", "sweep_id",
                      "eval_max_questions", "eval_max_new_tokens", "eval_data", "global_batch",
-                     "batch_scaling", mode="before")
+                     "batch_scaling", "heldout_fraction", "checkpoint_every", "sjp_eval_cases",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -203,7 +218,7 @@ class SweepConf(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The fields that change the preset's runs (for the derived sweep id)."""
         keys = (*AXES, *INFRA_AXES, "max_steps", "epochs", "data_source", "experiment",
-                "global_batch", "batch_scaling")
+                "global_batch", "batch_scaling", "heldout_fraction")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def derived_sweep_id(self) -> str:
@@ -233,7 +248,17 @@ class SweepConf(BaseModel):
             data = {**run.get("data", {}), "source": self.data_source}
             if not self.data_source.startswith("hub:"):
                 data.pop("hub_config", None)
+                if data.pop("heldout_split", None) and "heldout_fraction" not in data:
+                    data["heldout_fraction"] = DEFAULT_HELDOUT_FRACTION  # files: no splits
             run["data"] = data
+        if self.heldout_fraction is not None:
+            data = {k: v for k, v in run.get("data", {}).items()
+                    if k not in ("heldout_split", "heldout_fraction")}
+            if self.heldout_fraction > 0:
+                data["heldout_fraction"] = self.heldout_fraction
+            run["data"] = data
+        if self.checkpoint_every is not None:
+            run["checkpoint_eval_every"] = self.checkpoint_every
         if self.experiment is not None:
             run["experiment"] = self.experiment
         try:
@@ -268,6 +293,9 @@ def plan_runs(
     """
     sweep = conf.sweep_spec()
     specs = sweep.expand(sweep_id=conf.derived_sweep_id(), **run_overrides)
+    if not conf.full_checkpoints:  # a full fine-tune's checkpoint is a whole model
+        specs = [s.model_copy(update={"checkpoint_eval_every": 0}) if s.method == "full"
+                 else s for s in specs]
     if not per_model:
         return specs
     out: dict[str, RunSpec] = {}

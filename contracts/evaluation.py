@@ -70,6 +70,8 @@ class EvalJobSpec(SpecFile):
     ``run_ids`` None means every finished run of ``sweep_id`` and ``model``; with
     ``skip_evaluated`` a run whose ``lexam_eval_hash`` tag already names this evaluation
     set is left alone (a re-triggered sweep or tonight's re-evaluation does no work twice).
+    Each model is also scored on held-out SJP cases (``sjp``), and with ``checkpoints`` the
+    runs' kept checkpoints are evaluated too (forgetting curves).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -91,6 +93,14 @@ class EvalJobSpec(SpecFile):
                     "log-likelihood accuracy.")
     dtype: Dtype = "auto"
     skip_evaluated: StrictBool = False
+    checkpoints: StrictBool = Field(
+        default=False, description="Also evaluate the checkpoints the runs kept "
+        "(RunSpec.checkpoint_eval_every), each logged at its step.")
+    sjp: StrictBool = Field(
+        default=True, description="Score held-out SJP cases (runs that recorded a split, "
+        "and the base model on the same cases).")
+    sjp_max_cases: Annotated[int, Field(strict=True, gt=0, le=1_000_000)] | None = Field(
+        default=None, description="At most N held-out cases per model (default: all).")
 
     @field_validator("model")
     @classmethod

@@ -147,6 +147,14 @@ def evaluation_job(spec: EvalJobSpec, profile: ClusterProfile, name: str) -> Job
     )
 
 
+def eval_job_settings(conf: SweepConf) -> dict[str, Any]:
+    """What the sweep's evaluation jobs add to LEXam: held-out SJP and checkpoints."""
+    settings: dict[str, Any] = {"checkpoints": conf.checkpoint_every != 0}
+    if conf.sjp_eval_cases:
+        settings["sjp_max_cases"] = conf.sjp_eval_cases
+    return settings
+
+
 def eval_options(conf: SweepConf) -> EvalOptions:
     settings: dict[str, Any] = {}
     if conf.eval_data:
@@ -185,7 +193,7 @@ def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLooku
             EvalJob(spec=(spec := EvalJobSpec(
                 model=model, sweep_id=sweep_id, experiment=specs[0].experiment,
                 options=options, backend=conf.eval_backend, scorer=conf.eval_scorer,
-                skip_evaluated=not conf.force)),
+                skip_evaluated=not conf.force, **eval_job_settings(conf))),
                 job=evaluation_job(spec, profile, name=f"lr-eval-{model}"))
             for model in sorted({s.model for s in pending})
         )

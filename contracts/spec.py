@@ -23,13 +23,21 @@ from contracts.presets import load_presets
 from contracts.safe import MODULE_NAME_PATTERN, SafeName, SafePath
 
 MAX_RANK = 4096
+# Held-out share of a local data source when a sweep moves from a hub data set (which has
+# its own validation split) to files.
+DEFAULT_HELDOUT_FRACTION = 0.1
 
 
 class DataSpec(BaseModel):
-    """Where the SJP training cases come from.
+    """Where the SJP training cases come from, and which of them are held out.
 
     source: ``synthetic`` (generated, seeded), ``hub:<dataset id>`` (through ``datasets``)
     or a local JSONL/Parquet file or folder in the SJP schema.
+
+    Held-out cases (scored after training, never trained on): for the hub, the data set's
+    own ``heldout_split`` (``validation`` or ``test``); for local files and synthetic
+    cases, a ``heldout_fraction`` drawn per label (stratified) with ``split_seed``, which
+    is not the run's seed, so every seed of a sweep is scored on the same cases.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -40,6 +48,27 @@ class DataSpec(BaseModel):
     languages: tuple[Literal["de", "fr", "it"], ...] | None = None
     max_samples: int | None = Field(default=None, strict=True, gt=0, le=100_000_000)
     synthetic_size: int = Field(default=512, strict=True, gt=0, le=1_000_000)
+    heldout_fraction: float | None = Field(
+        default=None, strict=True, gt=0.0, lt=1.0,
+        description="Local/synthetic: share of the cases held out (stratified by label).")
+    heldout_split: SafeName | None = Field(
+        default=None, description="Hub: the data set's split held out (validation, test).")
+    split_seed: int = Field(default=0, strict=True, ge=0, le=2**31 - 1)
+
+    # Added later: left out of the run's identity while unset (see RunSpec.identity).
+    OPTIONAL_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"heldout_fraction", "heldout_split"})
+
+    @model_validator(mode="after")
+    def _one_way_to_hold_out(self) -> DataSpec:
+        if self.heldout_split is not None and self.kind != "hub":
+            raise ValueError("heldout_split: only hub data sets have splits of their own; "
+                             "use heldout_fraction for local files and synthetic cases")
+        if self.heldout_split is not None and self.heldout_fraction is not None:
+            raise ValueError("heldout_fraction: set heldout_split or heldout_fraction, not both")
+        if self.heldout_split is not None and self.heldout_split == self.split:
+            raise ValueError(f"heldout_split: {self.heldout_split!r} is the training split")
+        return self
 
     @property
     def kind(self) -> Literal["synthetic", "hub", "local"]:
@@ -48,6 +77,20 @@ class DataSpec(BaseModel):
         if self.source.startswith("hub:"):
             return "hub"
         return "local"
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether some cases are kept out of training for held-out scoring."""
+        return self.heldout_fraction is not None or self.heldout_split is not None
+
+    def identity(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if not self.holds_out:  # today's specs keep their hashes
+            data.pop("split_seed")
+        for name in self.OPTIONAL_IDENTITY_FIELDS:
+            if data.get(name) is None:
+                data.pop(name)
+        return data
 
 
 class RunSpec(SpecFile):
@@ -106,11 +149,18 @@ class RunSpec(SpecFile):
     logging_steps: int = Field(default=1, strict=True, gt=0, le=100_000_000)
     final_loss_window: int = Field(default=10, strict=True, gt=0, le=100_000,
                                    description="Last N steps averaged.")
+    checkpoint_eval_every: int = Field(
+        default=0, strict=True, ge=0, le=1_000_000,
+        description="Keep every Nth checkpoint save (weights only) for evaluation; 0: none.")
+    eval_max_cases: int = Field(
+        default=256, strict=True, gt=0, le=1_000_000,
+        description="Held-out cases for the validation loss logged at each checkpoint.")
 
     # Fields that do not change what is trained.
     NON_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {"model_path", "output_dir", "sweep_id", "experiment", "save_steps",
-         "logging_steps", "final_loss_window", "gpu_memory_gb"}
+         "logging_steps", "final_loss_window", "gpu_memory_gb", "checkpoint_eval_every",
+         "eval_max_cases"}
     )
     # Identity fields added later: left out of the hash while unset (stable old hashes).
     OPTIONAL_IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset({"nodes", "gpus_per_node"})
@@ -159,6 +209,7 @@ class RunSpec(SpecFile):
         for name in self.OPTIONAL_IDENTITY_FIELDS:
             if data.get(name) is None:
                 data.pop(name, None)
+        data["data"] = self.data.identity()
         return data
 
     @property
@@ -223,4 +274,4 @@ def parse_spec(raw: Any) -> RunSpec:
     return parse(RunSpec, raw, "run spec")
 
 
-__all__ = ["MAX_RANK", "DataSpec", "RunSpec", "SpecError", "parse_spec"]
+__all__ = ["DEFAULT_HELDOUT_FRACTION", "MAX_RANK", "DataSpec", "RunSpec", "SpecError", "parse_spec"]

@@ -95,6 +95,12 @@ def build_sweep_parser() -> argparse.ArgumentParser:
                              "accuracy against the vLLM server (needs --backend vllm)")
     parser.add_argument("--skip-evaluated", action="store_true",
                         help="leave runs already evaluated on exactly this set alone")
+    parser.add_argument("--checkpoints", action="store_true",
+                        help="also evaluate the checkpoints the runs kept, each at its step")
+    parser.add_argument("--no-sjp", action="store_true",
+                        help="do not score the held-out SJP cases")
+    parser.add_argument("--sjp-max-cases", type=int, default=None,
+                        help="score at most N held-out SJP cases per model")
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT_DIR),
                         help="where each run's results JSON is written")
     parser.add_argument("--output-json", default=None, help="all reports' summaries as JSON")
@@ -322,7 +328,9 @@ def _sweep_spec(args: argparse.Namespace) -> EvalJobSpec:
         "model": args.model, "sweep_id": args.sweep_id, "experiment": args.experiment,
         "options": flag_values(args, EvalOptions), "backend": args.backend,
         "scorer": args.scorer,
-        "dtype": args.dtype, "skip_evaluated": args.skip_evaluated}
+        "dtype": args.dtype, "skip_evaluated": args.skip_evaluated,
+        "checkpoints": args.checkpoints, "sjp": not args.no_sjp,
+        "sjp_max_cases": args.sjp_max_cases}
     return parse_eval_spec(raw)
 
 

@@ -18,7 +18,9 @@ is reported by name (stderr and the run's tag ``lexam_eval_error``) and the othe
 still evaluated; a server that dies fails the job with the server's last log lines.
 
 Each report is written to ``output_dir`` before it is logged to MLflow, so a tracking
-failure never loses an evaluation.
+failure never loses an evaluation. ``evaluation.extras`` adds the rest: the runs' kept
+checkpoints as extra targets (LoRA ones join the adapter list), held-out SJP scores and the
+difference to the base model, each at its step.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from contracts.names import (
     TAG_SWEEP_ID,
 )
 from evaluation.backends import Backend
+from evaluation.extras import EvalExtras
 from evaluation.lighteval_scorer import LightevalBackend
 from evaluation.models import adapter_rank, resolve_adapter, resolve_base, resolve_dtype
 from evaluation.runner import EvalReport, EvalSet, build_eval_set, evaluate
@@ -75,11 +78,13 @@ class EvalTarget(BaseModel):
     model_uri: str | None = None
     checkpoint_path: str | None = None
     eval_hash: str = ""
+    step: int | None = None  # a checkpoint of the run (None: its final model)
 
     @property
     def adapter_name(self) -> str:
         """The run name as a PEFT/vLLM adapter name (PEFT refuses dots in module names)."""
-        return re.sub(r"[^A-Za-z0-9_-]", "_", self.run_name)
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", self.run_name)
+        return name if self.step is None else f"{name}_step{self.step}"
 
 
 def _target(run: Any) -> EvalTarget | None:
@@ -170,15 +175,25 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path, server_port: int | N
         return reports
     dtype = resolve_dtype(spec.dtype)
     base_path = resolve_base(spec.model)
+    extras = EvalExtras(client, spec, output_dir)  # held-out SJP, deltas, checkpoints
+    checkpoints = extras.prepare(targets)
 
-    def record(report: EvalReport, run_id: str, model_uri: str | None = None) -> None:
+    def record(report: EvalReport, backend: Backend, target: EvalTarget | None) -> None:
+        """A final model's (or the baseline's, target None) report into its run; a
+        checkpoint's at its step."""
+        run_id = target.run_id if target else baseline_id
+        assert run_id
         report = report.model_copy(update={"run_id": run_id})
-        report.write_json(output_dir / f"{run_id}-{report.eval_hash}.json")
-        log_report(client, run_id, report)
-        if TAG_EVAL_ERROR in client.get_run(run_id).data.tags:  # an earlier failure is over
-            client.delete_tag(run_id, TAG_EVAL_ERROR)
-        _tag_version(client, model_uri, report.eval_hash)
-        reports.append(report)
+        step = target.step if target else None
+        suffix = "" if step is None else f"-step{step}"
+        report.write_json(output_dir / f"{run_id}{suffix}-{report.eval_hash}.json")
+        if step is None:
+            log_report(client, run_id, report, step=extras.final_step(run_id) if target else 0)
+            if TAG_EVAL_ERROR in client.get_run(run_id).data.tags:  # an earlier failure ended
+                client.delete_tag(run_id, TAG_EVAL_ERROR)
+            _tag_version(client, target.model_uri if target else None, report.eval_hash)
+            reports.append(report)
+        extras.after_report(report, run_id, backend, step=step, baseline=target is None)
 
     def fail(target: EvalTarget, message: str) -> None:
         print(f"[evaluation] NOT evaluated: {target.run_name}: {message}", file=sys.stderr)
@@ -186,10 +201,10 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path, server_port: int | N
         failures.append(target.run_name)
 
     def evaluate_with(opener: Opener, name: str | None, model: str, adapter: str | None,
-                      run_id: str, model_uri: str | None = None) -> None:
+                      target: EvalTarget | None) -> None:
         with opener(name) as backend_obj:
             record(_run(backend_obj, eval_set, options, model, adapter, spec.backend),
-                   run_id, model_uri)
+                   backend_obj, target)
 
     with tempfile.TemporaryDirectory(prefix="lexam-adapters-") as workdir:
         loras: list[tuple[EvalTarget, Path]] = []
@@ -198,23 +213,24 @@ def run_eval_job(spec: EvalJobSpec, output_dir: str | Path, server_port: int | N
                 loras.append((target, resolve_adapter(target.model_uri or "", workdir)))
             except Exception as error:  # one missing adapter must not stop the others
                 fail(target, f"adapter {target.model_uri} could not be fetched: {error}")
-        fulls = [t for t in targets if t.method == "full"]
+        loras += [(t, Path(t.checkpoint_path or "")) for t in checkpoints if t.method == "lora"]
+        fulls = [t for t in [*targets, *checkpoints] if t.method == "full"]
         if baseline_id or loras:
             with _base_backends(spec, base_path, loras, eval_set, dtype, server_port, workdir,
                                 server) as opener:
                 if baseline_id:
-                    evaluate_with(opener, None, spec.model, None, baseline_id)
+                    evaluate_with(opener, None, spec.model, None, None)
                 for target, _ in loras:
                     try:
                         evaluate_with(opener, target.adapter_name, spec.model,
-                                      target.model_uri, target.run_id, target.model_uri)
+                                      target.model_uri or target.checkpoint_path, target)
                     except AdapterError as error:
                         fail(target, str(error))
         for target in fulls:
             path = target.checkpoint_path or ""
             with _base_backends(spec, path, [], eval_set, dtype, server_port,
                                 workdir) as opener:
-                evaluate_with(opener, None, path, None, target.run_id, target.model_uri)
+                evaluate_with(opener, None, path, None, target)
     if failures:
         raise NotEvaluated(reports, failures)
     return reports

@@ -73,10 +73,18 @@ def _details_csv(rows: list[dict[str, object]]) -> str:
     return buffer.getvalue()
 
 
-def log_report(client: MlflowClient, run_id: str, report: EvalReport) -> None:
-    """Metrics (one batch), tags and the details artifacts onto ``run_id``."""
+def log_report(client: MlflowClient, run_id: str, report: EvalReport,
+               step: int | None = None) -> None:
+    """Metrics (one batch), tags and the details artifacts onto ``run_id``.
+
+    The metrics are logged at ``step``, by default the run's last training step (0 for a
+    baseline): its checkpoints' metrics, logged at their own earlier steps, then never
+    become MLflow's latest value of a metric.
+    """
+    if step is None:
+        step = int(client.get_run(run_id).data.metrics.get("train/global_steps") or 0)
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, 0) for key, value in finite(report.metrics)]
+    metrics = [Metric(key, float(value), now, step) for key, value in finite(report.metrics)]
     tags = [
         RunTag("lexam_eval_hash", report.eval_hash),
         RunTag("lexam_data", report.data),

@@ -39,6 +39,8 @@ from reporting.findings import (
     TrainableRow,
     UnfinishedRun,
 )
+from reporting.heldout import DEFAULT_MARGIN, analyse_heldout
+from reporting.heldout import DEFINITIONS as HELDOUT_DEFINITIONS
 from reporting.scaling import analyse_scaling, scaling_statements
 
 NOISE_Z = 2.0
@@ -320,23 +322,36 @@ def size_effect(models: list[ModelFindings]) -> SizeEffect | None:
     )
 
 
-def analyse(data: SweepData, window: int = 10) -> tuple[Findings, pd.DataFrame]:
-    """Findings of a sweep, and the prepared runs table the figures draw from."""
-    from reporting.statements import statements
-
+def analyse(data: SweepData, window: int = 10, margin: float = DEFAULT_MARGIN,
+            retention_metric: str = "accuracy") -> tuple[Findings, pd.DataFrame]:
+    """Findings of a sweep, and the prepared runs table the figures draw from.
+    ``margin``: LEXam accuracy below the base model a recommended recipe may lose, in
+    ``retention_metric`` (official ``accuracy`` or ``loglik_accuracy``)."""
     runs = prepare_runs(data, window)
     models = sorted((analyse_model(runs, data.baselines, model)
                      for model in runs["model"].unique() if model),
                     key=lambda m: (m.total_params or math.inf, m.model))
+    for m in models:
+        m.heldout = analyse_heldout(runs, data.history, data.baselines, m.model, m.baseline,
+                                    margin, retention_metric)
     effect = size_effect(models)
     findings = Findings(
         sweep_id=data.sweep_id, generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         n_runs=len(runs), final_loss_definition=FINAL_LOSS_DEFINITION, noise_rule=NOISE_RULE,
         models=models, size_effect=effect, statements=[], not_finished=not_finished(runs),
+        heldout_definitions=HELDOUT_DEFINITIONS if any(m.heldout for m in models) else {},
     )
-    findings.statements = statements(findings)
     findings.scaling = analyse_scaling(runs, data.history)
+    state(findings)
+    return findings, runs
+
+
+def state(findings: Findings) -> None:
+    """(Re)write the findings' sentences from their numbers (again after the registry
+    alias is set, so the sentences name it)."""
+    from reporting.statements import statements
+
+    findings.statements = statements(findings)
     if findings.scaling is not None:
         findings.statements += scaling_statements(findings.scaling)
-    return findings, runs
 

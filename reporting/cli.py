@@ -16,11 +16,13 @@ from reporting.config import NothingToReport, ReportConfig, default_output_dir
 
 EPILOG = """\
 Reads MLflow from MLFLOW_TRACKING_URI (default: the project's sqlite:///.state/mlflow.db).
-Writes, per sweep, into OUTPUT_DIR/SWEEP_ID/: lr_sweep, learning_curves, tradeoff and
-trainable_fraction figures (PNG and SVG), report.md, report.html (self-contained) and
-findings.json; metric histories are cached in OUTPUT_DIR/cache (or --cache-dir), so a
-second run only reads runs that changed. Each report is logged to MLflow as a run tagged
-kind=report and sweep_id=SWEEP_ID, unless --no-mlflow-log.
+Writes, per sweep, into OUTPUT_DIR/SWEEP_ID/: lr_sweep, learning_curves, tradeoff,
+forgetting_curves, task_vs_retention and trainable_fraction figures (PNG and SVG),
+report.md, report.html (self-contained) and findings.json (with the recommended recipe,
+whose registry version gets the alias 'recommended'); metric histories are cached in
+OUTPUT_DIR/cache (or --cache-dir), so a second run only reads runs that changed. Each
+report is logged to MLflow as a run tagged kind=report and sweep_id=SWEEP_ID, unless
+--no-mlflow-log.
 
 Exit codes: 0 done, 2 bad arguments, 3 nothing to report (unknown sweep, no runs).
 examples:
@@ -52,6 +54,15 @@ def parser() -> argparse.ArgumentParser:
                    help="moving-average window of the learning-curve figure (steps)")
     p.add_argument("--history-backend", default="auto", choices=["auto", "sql", "rest", "client"],
                    help="how histories are read (auto: batched for SQL stores and servers)")
+    p.add_argument("--retention-margin", type=float, default=0.02,
+                   help="LEXam accuracy (fraction) below the base model a recommended recipe "
+                        "may lose (default 0.02 = 2 points)")
+    p.add_argument("--retention-metric", default="accuracy",
+                   choices=["accuracy", "loglik_accuracy"],
+                   help="LEXam metric for retention (default: the official accuracy)")
+    p.add_argument("--no-alias", action="store_true",
+                   help="do not mark the recommended model version with the alias "
+                        "'recommended'")
     p.add_argument("--no-mlflow-log", action="store_true",
                    help="write files only; do not log a report run")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -71,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         "smoothing_window": args.smoothing,
         "log_to_mlflow": not args.no_mlflow_log,
         "history_backend": args.history_backend,
+        "retention_margin": args.retention_margin,
+        "retention_metric": args.retention_metric,
+        "set_alias": not args.no_alias,
     }
     if args.output_dir is not None:
         settings["output_dir"] = args.output_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +57,17 @@ class ReportConfig(BaseModel):
     smoothing_window: int = Field(default=20, gt=0, le=10_000)
     log_to_mlflow: bool = True
     history_backend: str = Field(default="auto", pattern=r"^(auto|sql|rest|client)$")
+    retention_margin: float = Field(
+        default=0.02, ge=0.0, le=1.0,
+        description="LEXam accuracy (fraction: 0.02 = 2 points) below the base model that a "
+                    "recommended recipe may lose.")
+    retention_metric: Literal["accuracy", "loglik_accuracy"] = Field(
+        default="accuracy",
+        description="LEXam metric retention is measured in: the official accuracy, or the "
+                    "log-likelihood accuracy (for answer budgets too short for the format).")
+    set_alias: bool = Field(
+        default=True, description="Mark the recommended model's registry version with the "
+                                  "alias 'recommended'.")
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("train/loss", "train/learning_rate", "train/grad_norm",
                 "train/tokens_per_second")
+# Evaluations over training: each checkpoint's metrics at its step, the final model's at
+# the last step (docs/CONVENTIONS.md).
+CURVE_KEYS = ("lexam/accuracy", "lexam/format_rate", "lexam/loglik_accuracy",
+              "lexam/accuracy_delta", "lexam/accuracy_delta_low", "lexam/accuracy_delta_high",
+              "lexam/loglik_accuracy_delta", "lexam/loglik_accuracy_delta_low",
+              "lexam/loglik_accuracy_delta_high", "lexam/n_questions", "sjp/macro_f1",
+              "sjp/accuracy", "sjp/loss", "eval/loss")
 SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_params",
                 "model/trainable_fraction", "lexam/accuracy", "lexam/format_rate",
                 "lexam/parsed_accuracy", "lexam/loglik_accuracy", "lexam/chance",
@@ -35,10 +42,19 @@ SUMMARY_KEYS = ("train/final_loss", "model/trainable_params", "model/total_param
                 "train/samples_per_second_mean", "cost/gpu_hours", "cost/gpu_hours_accounted",
                 "memory/peak_accelerator_mb", "memory/peak_host_mb",
                 # the memory plan made before submitting (contracts.memory)
-                "memory/plan_total_gb", "memory/plan_gpu_memory_gb")
+                "memory/plan_total_gb", "memory/plan_gpu_memory_gb",
+                # held-out SJP and the distance to the base model (docs/CONVENTIONS.md)
+                "train/global_steps", "sjp/macro_f1", "sjp/accuracy", "sjp/loss",
+                "sjp/majority_macro_f1", "sjp/majority_accuracy", "sjp/n_cases",
+                "lexam/accuracy_delta", "lexam/accuracy_delta_low", "lexam/accuracy_delta_high",
+                "lexam/loglik_accuracy_delta", "lexam/loglik_accuracy_delta_low",
+                "lexam/loglik_accuracy_delta_high", "eval/loss")
 LAYOUT_TAGS = ("zero_stage", "nodes", "gpus_per_node", "failure_reason")
 # What the sweep DAG's record task says about a run that did not finish.
 JOB_TAGS = ("job_state", "job_id")
+# Where a run's model and checkpoints are, and which held-out cases it was scored on.
+MODEL_TAGS = ("registered_model_uri", "checkpoint_path", "checkpoint_snapshots",
+              "sjp_split_hash")
 OUTCOMES = ("running", "finished", "diverged", "oom", "failed")
 STATUS_OUTCOME = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed",
                   "RUNNING": "running", "SCHEDULED": "running"}
@@ -96,7 +112,7 @@ def _outcome(run: Run) -> str:
     return STATUS_OUTCOME.get(run.info.status, "failed")
 
 
-def run_fingerprint(run: Run, keys: Iterable[str] = HISTORY_KEYS) -> str:
+def run_fingerprint(run: Run, keys: Iterable[str] = (*HISTORY_KEYS, *CURVE_KEYS)) -> str:
     """What changes whenever a run logs something new (the history cache's key).
 
     MLflow keeps no "last updated" time per run, but the search results carry, for each
@@ -128,12 +144,12 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
             "start_time": run.info.start_time, "end_time": run.info.end_time,
             "last_step": _last_step(run),
         }
-        row.update({tag: tags.get(tag, "") for tag in (*LAYOUT_TAGS, *JOB_TAGS)})
+        row.update({tag: tags.get(tag, "") for tag in (*LAYOUT_TAGS, *JOB_TAGS, *MODEL_TAGS)})
         row.update({key: metrics.get(key, np.nan) for key in SUMMARY_KEYS})
         rows.append(row)
     columns = ["run_id", "run_name", "experiment_id", "sweep_id", "model", "method", "lr",
                "rank", "seed", "outcome", "status", "start_time", "end_time", "last_step",
-               *LAYOUT_TAGS, *JOB_TAGS, *SUMMARY_KEYS]
+               *LAYOUT_TAGS, *JOB_TAGS, *MODEL_TAGS, *SUMMARY_KEYS]
     frame = pd.DataFrame(rows, columns=columns)
     frame["lr"] = pd.to_numeric(frame["lr"], errors="coerce")
     frame["rank"] = pd.to_numeric(frame["rank"], errors="coerce").astype("Int64")
@@ -186,7 +202,7 @@ def load_sweep(
     last_steps = {r.info.run_id: _last_step(r) for r in training}
     log.info("sweep %s: %d runs, %d histories cached, %d to fetch", sweep_id, len(training),
              len(fingerprints) - len(missing), len(missing))
-    fresh = fetch_histories(client, missing, HISTORY_KEYS, backend=backend,
+    fresh = fetch_histories(client, missing, (*HISTORY_KEYS, *CURVE_KEYS), backend=backend,
                             last_steps=last_steps)
     if cache is not None and missing:
         cache.save(fresh, {run_id: fingerprints[run_id] for run_id in missing})

@@ -3,8 +3,10 @@
 1. ``lr_sweep``: final loss vs LR per model, one line per LoRA rank, full FT in black;
 2. ``learning_curves``: loss vs step, every rank at its best LR, full FT at its best LR;
 3. ``tradeoff``: final loss vs LEXam accuracy / format rate / log-likelihood accuracy;
-4. ``trainable_fraction``: trainable share of the parameters per LoRA rank;
-5. ``scaling`` (engineering sweeps): throughput, time to train, efficiency and GPU-hours
+4. ``forgetting_curves`` and ``task_vs_retention`` (``reporting.heldout_figures``): LEXam
+   accuracy and held-out SJP macro-F1 over training steps, and macro-F1 against retention;
+5. ``trainable_fraction``: trainable share of the parameters per LoRA rank;
+6. ``scaling`` (engineering sweeps): throughput, time to train, efficiency and GPU-hours
    against nodes per model and ZeRO stage, out-of-memory layouts marked.
 
 Colours are colour-blind safe: ranks on viridis (ordered, so the colour reads as "more
@@ -309,11 +311,15 @@ def trainable_fraction(findings: Findings, out_dir: Path) -> list[Path]:
 def draw_all(runs: pd.DataFrame, history: pd.DataFrame, findings: Findings, out_dir: Path,
              smoothing: int = 20) -> dict[str, list[Path]]:
     """Every figure that the data allows, by name."""
+    from reporting.heldout_figures import forgetting_curves, task_vs_retention
+
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
         "lr_sweep": lr_sweep(runs, findings, out_dir),
         "learning_curves": learning_curves(runs, history, findings, out_dir, smoothing),
         "tradeoff": tradeoff(runs, findings, out_dir),
+        "forgetting_curves": forgetting_curves(findings, out_dir),
+        "task_vs_retention": task_vs_retention(findings, out_dir),
         "trainable_fraction": trainable_fraction(findings, out_dir),
         "scaling": scaling(findings, out_dir),
     }

@@ -127,6 +127,151 @@ class UnfinishedRun(_Model):
     reason: str
 
 
+class SjpBaseline(_Model):
+    """The untouched base model on the held-out SJP cases, and the majority-class rule."""
+
+    macro_f1: float | None
+    accuracy: float | None
+    loss: float | None
+    majority_macro_f1: float | None
+    majority_accuracy: float | None
+    n_cases: int | None
+    split_hash: str
+    run_id: str
+
+
+class CurvePoint(_Model):
+    """One configuration at one step: means over its seeds (std None with one seed)."""
+
+    step: int
+    final: bool
+    lexam_accuracy: float | None
+    lexam_accuracy_std: float | None
+    accuracy_delta: float | None  # minus the base model's accuracy (fraction)
+    sjp_macro_f1: float | None
+    sjp_macro_f1_std: float | None
+    eval_loss: float | None
+    n_seeds: int
+
+
+class Curve(_Model):
+    """A configuration (method, rank, LR) over training: its checkpoints and final model."""
+
+    method: str
+    rank: int | None
+    lr: float
+    points: list[CurvePoint]
+
+
+class RetentionDrop(_Model):
+    """When LEXam accuracy first falls below the base model's by more than the noise."""
+
+    method: str
+    lr: float
+    steps: list[int]
+    first_step: int | None  # None: never within the evaluated steps
+    runs_dropped: int
+    runs: int
+    accuracy: float | None  # mean at first_step (or at the last step when never)
+    delta: float | None
+    delta_low: float | None
+    delta_high: float | None
+    noise: str  # bootstrap | normal approximation
+
+
+class LossOrder(_Model):
+    """Does a lower training loss mean a better held-out macro-F1, across runs?"""
+
+    n_runs: int
+    spearman: float | None  # loss vs macro-F1: -1 = the orders agree perfectly
+    pair_agreement: float | None  # share of run pairs ordered the same way by both
+    agrees: bool | None
+    lowest_loss_run: str | None
+    lowest_loss: float | None
+    lowest_loss_macro_f1: float | None
+    best_macro_f1_run: str | None
+    best_macro_f1: float | None
+    best_macro_f1_loss: float | None
+
+
+class TradeoffPoint(_Model):
+    """A run's final model: held-out macro-F1 against LEXam retention."""
+
+    run_id: str
+    run_name: str
+    method: str
+    rank: int | None
+    lr: float
+    seed: int | None
+    final_loss: float | None
+    lexam_accuracy: float
+    retention: float  # accuracy minus the base model's (fraction; 0 = kept all)
+    sjp_macro_f1: float
+    pareto: bool
+
+
+class Candidate(_Model):
+    """A recipe (method, rank, LR, step) over its seeds."""
+
+    method: str
+    rank: int | None
+    lr: float
+    step: int
+    final: bool
+    sjp_macro_f1: float
+    sjp_macro_f1_std: float | None
+    sjp_accuracy: float | None
+    lexam_accuracy: float
+    lexam_accuracy_std: float | None
+    retention: float | None
+    final_loss: float | None
+    n_seeds: int
+    run_ids: list[str]
+    best_run_id: str  # the seed whose model the registry alias marks
+
+
+class RegistryAlias(_Model):
+    alias: str
+    name: str
+    version: str
+    model_uri: str
+    run_id: str
+    step: int
+    source: str  # final (the run's registered version) | checkpoint (registered by reference)
+
+
+class Recommendation(_Model):
+    """Best held-out macro-F1 among the recipes that keep LEXam within the margin."""
+
+    margin: float  # accuracy points (fraction) below the base model still accepted
+    metric: str = "accuracy"  # the LEXam accuracy retention is measured in
+    rule: str
+    base_accuracy: float | None
+    n_candidates: int
+    n_within_margin: int
+    single_seed: bool
+    best: Candidate | None
+    runner_up: Candidate | None
+    within_noise_of_runner_up: bool | None
+    reason: str = ""
+    registry: RegistryAlias | None = None
+    registry_note: str = ""
+
+
+class HeldoutFindings(_Model):
+    """Beyond training loss: held-out SJP, forgetting over training, the recommendation.
+    LEXam numbers here are in ``metric`` (``accuracy``: official; ``loglik_accuracy``)."""
+
+    metric: str = "accuracy"
+    base_level: float | None = None  # the base model's LEXam value in that metric
+    sjp_baseline: SjpBaseline | None
+    curves: list[Curve]
+    retention: list[RetentionDrop]
+    loss_order: LossOrder | None
+    tradeoff: list[TradeoffPoint]
+    recommendation: Recommendation | None
+
+
 class ModelFindings(_Model):
     model: str
     total_params: float | None
@@ -143,6 +288,7 @@ class ModelFindings(_Model):
     baseline: Baseline | None
     lexam_at_best: dict[str, float | None]
     excluded: list[ExcludedRun]
+    heldout: HeldoutFindings | None = None
 
 
 class SizeEffect(_Model):
@@ -218,3 +364,4 @@ class Findings(_Model):
     statements: list[Statement]
     scaling: Scaling | None = None
     not_finished: list[UnfinishedRun] = []
+    heldout_definitions: dict[str, str] = {}

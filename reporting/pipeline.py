@@ -10,13 +10,14 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from contracts.redact import redact
-from reporting.analysis import analyse
+from reporting.analysis import analyse, state
 from reporting.cache import HistoryCache
 from reporting.config import NothingToReport, ReportConfig
 from reporting.fetch import experiment_ids, list_sweep_ids, load_sweep
 from reporting.figures import draw_all
 from reporting.findings import Findings
 from reporting.publish import publish
+from reporting.recommend import mark_recommended
 from reporting.report import write_report
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,14 @@ def generate_sweep(client: MlflowClient, config: ReportConfig, sweep_id: str) ->
                       backend=config.history_backend)
     timings["fetch"] = time.perf_counter() - start
     mark = time.perf_counter()
-    findings, runs = analyse(data, config.final_loss_window)
+    findings, runs = analyse(data, config.final_loss_window, config.retention_margin,
+                             config.retention_metric)
     timings["analyse"] = time.perf_counter() - mark
+    if config.set_alias and config.log_to_mlflow:
+        mark = time.perf_counter()
+        mark_recommended(client, findings, runs)
+        state(findings)
+        timings["alias"] = time.perf_counter() - mark
     out_dir = config.output_dir / sweep_id
     mark = time.perf_counter()
     figures = draw_all(runs, data.history, findings, out_dir, config.smoothing_window)

@@ -29,6 +29,16 @@ CAPTIONS = {
     "tradeoff": "Each run's final training loss against its LEXam accuracy, answer format rate "
                 "and log-likelihood accuracy, coloured by learning rate; dashed: the untouched "
                 "base model, dotted: chance.",
+    "forgetting_curves": "LEXam accuracy (top) and held-out SJP macro-F1 (bottom) at every "
+                         "evaluated checkpoint and the final model, one column per learning "
+                         "rate, one line per LoRA rank (full FT dashed black); each line starts "
+                         "at step 0 from the untouched base model (dashed level); dotted: "
+                         "chance and the majority class; red dotted: where retention first "
+                         "drops beyond the bootstrap noise; bands: spread over seeds.",
+    "task_vs_retention": "Each run's final model: held-out SJP macro-F1 against LEXam retention "
+                         "(accuracy minus the base model's, points); ringed and joined: the "
+                         "Pareto front; shaded: within the recommendation's margin; star: the "
+                         "recommended recipe; diamond: the untouched base model.",
     "trainable_fraction": "Trainable parameters per LoRA rank as logged by the training runs "
                           "(% of the base model, log scales); dashed: 1%.",
     "scaling": "Per model (rows): throughput (dotted: linear scaling from the smallest "
@@ -38,6 +48,8 @@ CAPTIONS = {
 }
 FIGURE_TITLES = {"lr_sweep": "Learning-rate sweep", "learning_curves": "Learning curves",
                  "tradeoff": "Knowledge-retention trade-off",
+                 "forgetting_curves": "Forgetting over training",
+                 "task_vs_retention": "Task skill vs retention",
                  "trainable_fraction": "Trainable parameters per rank",
                  "scaling": "Scaling with nodes and ZeRO stage"}
 CSS = """
@@ -143,6 +155,74 @@ def _not_finished_section(findings: Findings) -> list[str]:
     return [*lines, ""]
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "loglik_accuracy": "log-lik. accuracy"}
+
+
+def _f1(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _recommendation_section(findings: Findings) -> list[str]:
+    """The recommended recipe per model, its numbers and the runner-up."""
+    rows = [(m, m.heldout.recommendation) for m in findings.models
+            if m.heldout and m.heldout.recommendation]
+    if not rows:
+        return []
+    metric = METRIC_LABELS.get(rows[0][1].metric, rows[0][1].metric)
+    lines = ["## Recommended recipe", "",
+             "| model | | method | rank | LR | step | SJP macro-F1 | SJP accuracy | "
+             f"LEXam {metric} | vs base | seeds | registry |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, r in rows:
+        for label, c in (("recommended", r.best), ("runner-up", r.runner_up)):
+            if c is None:
+                continue
+            registry = ""
+            if label == "recommended" and r.registry:
+                registry = f"{r.registry.name} v{r.registry.version} @{r.registry.alias}"
+            spread = f" ± {c.sjp_macro_f1_std:.3f}" if c.sjp_macro_f1_std is not None else ""
+            lines.append("| " + " | ".join(cell(v) for v in [
+                model_label(m.model), label, "LoRA" if c.method == "lora" else "full FT",
+                c.rank if c.rank is not None else "", lr_label(c.lr),
+                f"{c.step}{'' if c.final else ' (checkpoint)'}",
+                f"{c.sjp_macro_f1:.3f}{spread}", pct(c.sjp_accuracy), pct(c.lexam_accuracy),
+                pct(c.retention) if c.retention is None else f"{100 * c.retention:+.1f} pt",
+                c.n_seeds, registry]) + " |")
+    lines.append("")
+    for m, r in rows:
+        lines.append(f"- {cell(model_label(m.model))}: rule: {r.rule}"
+                     + (f"; {r.reason}" if r.reason else "")
+                     + (f"; {r.registry_note}" if r.registry_note else "") + ".")
+    return [*lines, ""]
+
+
+def _heldout_section(findings: Findings) -> list[str]:
+    models = [m for m in findings.models if m.heldout]
+    if not models:
+        return []
+    lines = ["## Held-out SJP and forgetting over training", ""]
+    for m in models:
+        h = m.heldout
+        assert h is not None
+        sb = h.sjp_baseline
+        base = (f" (base model macro-F1 {_f1(sb.macro_f1)}, majority class "
+                f"{_f1(sb.majority_macro_f1)}, {sb.n_cases} held-out cases)" if sb else "")
+        metric = METRIC_LABELS.get(h.metric, h.metric)
+        lines += [f"**{model_label(m.model)}**{base}", "",
+                  f"| method | rank | LR | step | LEXam {metric} | vs base | SJP macro-F1 | "
+                  "validation loss | seeds |", "|---|---|---|---|---|---|---|---|---|"]
+        for c in sorted(h.curves, key=lambda c: (c.method, c.lr, c.rank or 0)):
+            for p in c.points:
+                lines.append("| " + " | ".join(cell(v) for v in [
+                    "LoRA" if c.method == "lora" else "full FT",
+                    c.rank if c.rank is not None else "", lr_label(c.lr),
+                    f"{p.step}{' (final)' if p.final else ''}", pct(p.lexam_accuracy),
+                    "n/a" if p.accuracy_delta is None else f"{100 * p.accuracy_delta:+.1f} pt",
+                    _f1(p.sjp_macro_f1), loss(p.eval_loss), p.n_seeds]) + " |")
+        lines.append("")
+    return lines
+
+
 def _num(value: float | None, fmt: str = "{:.2f}") -> str:
     return "" if value is None else fmt.format(value)
 
@@ -199,6 +279,7 @@ def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
              "Gap = (best LoRA loss - best full FT loss) / best LoRA loss. LEXam columns: "
              "accuracy of the untouched base model and of the runs at each method's "
              "lowest-loss configuration.", "", *_not_finished_section(findings),
+             *_recommendation_section(findings),
              "## Findings", ""]
     for question in QUESTIONS.values():
         said = [s for s in findings.statements if s.question == question]
@@ -219,6 +300,7 @@ def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
         lines += ["No LEXam metrics logged for this sweep yet.", ""]
     for m in findings.models:
         lines += _tradeoff_table(m)
+    lines += _heldout_section(findings)
     lines += _scaling_section(findings)
     lines += ["## Runs kept out of the optima", "", *_excluded_table(findings),
               "## Definitions", "",
@@ -228,6 +310,8 @@ def markdown(findings: Findings, figures: dict[str, list[Path]]) -> str:
               "study's convention (its 13.5% for 8B is (0.717 - 0.620) / 0.717).",
               "- Rank independence: the LR most ranks find best; a rank whose best LR differs "
               "counts as consistent only if that LR's loss is within noise of its best.",
+              *[f"- {name.replace('_', ' ').capitalize()}: {text}."
+                for name, text in findings.heldout_definitions.items()],
               "- Machine-readable: `findings.json`.", ""]
     return "\n".join(lines)
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reporting.findings import Findings, ModelFindings, Optimum, Statement, TrainableRow
+from reporting.findings import (
+    Candidate,
+    Findings,
+    ModelFindings,
+    Optimum,
+    Recommendation,
+    Statement,
+    TrainableRow,
+)
 from reporting.labels import lr_label
 
 QUESTIONS = {
@@ -15,6 +23,9 @@ QUESTIONS = {
     "3": "Gap between LoRA and full FT",
     "4": "Effect of model size",
     "5": "Trade-off: task loss vs retained LEXam accuracy",
+    "sjp": "Held-out SJP: does a lower training loss mean better judgments?",
+    "forgetting": "When does the forgetting start?",
+    "recommend": "The recommended recipe",
     "params": "Trainable parameters per rank",
     "runs": "Runs kept out of the analysis",
     "noise": "Seeds and noise",
@@ -129,10 +140,134 @@ def _model_statements(m: ModelFindings) -> list[Statement]:
                          f"{', '.join(map(str, mismatch))}")
             add("params", text + ".")
 
+    for key, text in heldout_statements(m):
+        add(key, text)
+
     if m.excluded:
         names = "; ".join(f"{e.run_name} ({e.reason})" for e in m.excluded)
         add("runs", f"{m.model}: {len(m.excluded)} of {m.n_runs} runs are shown but kept out "
                     f"of the optima: {names}.")
+    return out
+
+
+def points(value: float | None) -> str:
+    """An accuracy difference (fraction) in percentage points."""
+    return "n/a" if value is None else f"{100 * value:+.1f} points"
+
+
+def metric_name(metric: str) -> str:
+    return {"accuracy": "accuracy", "loglik_accuracy": "log-likelihood accuracy"}.get(
+        metric, metric)
+
+
+def method_name(method: str) -> str:
+    return "LoRA" if method == "lora" else "full FT"
+
+
+def recipe(c: Candidate, last_step: int | None = None) -> str:
+    rank = f" rank {c.rank}," if c.rank is not None else ","
+    where = "final model" if c.final else "checkpoint"
+    of = f" of {last_step}" if last_step and not c.final else ""
+    return f"{method_name(c.method)}{rank} LR {lr_label(c.lr)}, step {c.step}{of} ({where})"
+
+
+def _spread(value: float, std: float | None, n: int, digits: int = 3) -> str:
+    if n > 1 and std is not None:
+        return f"{value:.{digits}f} ± {std:.{digits}f} over {n} seeds"
+    return f"{value:.{digits}f}, single seed"
+
+
+def _recommendation_text(m: ModelFindings, r: Recommendation) -> str:
+    margin = f"{100 * r.margin:g} points"
+    if r.best is None:
+        return f"{m.model}: no recommendation: {r.reason}."
+    b = r.best
+    last = max((p.step for c in (m.heldout.curves if m.heldout else []) for p in c.points
+                if p.final and c.method == b.method and c.lr == b.lr and c.rank == b.rank),
+               default=None)
+    text = (f"{m.model}: recommended recipe: {recipe(b, last)}: held-out SJP macro-F1 "
+            f"{_spread(b.sjp_macro_f1, b.sjp_macro_f1_std, b.n_seeds)}, LEXam "
+            f"{metric_name(r.metric)} "
+            f"{pct(b.lexam_accuracy)} (base model {pct(r.base_accuracy)}, {points(b.retention)}; "
+            f"margin {margin}); {r.n_within_margin} of {r.n_candidates} recipes keep LEXam "
+            "within the margin.")
+    majority = m.heldout.sjp_baseline.majority_macro_f1 if m.heldout and m.heldout.sjp_baseline \
+        else None
+    if majority is not None:
+        text += (f" Its macro-F1 is above the majority-class baseline's {majority:.3f}."
+                 if b.sjp_macro_f1 > majority else
+                 f" Its macro-F1 is not above the majority-class baseline's {majority:.3f}: "
+                 "it predicts no better than always answering the commoner outcome.")
+    if r.runner_up:
+        u = r.runner_up
+        noise = {True: " (within seed noise of the best)",
+                 False: " (the best leads beyond seed noise)",
+                 None: ""}[r.within_noise_of_runner_up]
+        text += (f" Runner-up: {recipe(u)}: macro-F1 {u.sjp_macro_f1:.3f}, LEXam "
+                 f"{pct(u.lexam_accuracy)}{noise}.")
+    if r.single_seed:
+        text += " Single seed: no spread, and no lead is tested against seed noise."
+    if r.registry:
+        text += (f" Registry: {r.registry.name} version {r.registry.version} carries the "
+                 f"alias '{r.registry.alias}'.")
+    elif r.registry_note:
+        text += f" Registry: {r.registry_note}."
+    return text
+
+
+def heldout_statements(m: ModelFindings) -> list[tuple[str, str]]:
+    """(question key, sentence) for held-out SJP, forgetting and the recommendation."""
+    h = m.heldout
+    if h is None:
+        return []
+    out: list[tuple[str, str]] = []
+    parts = []
+    sb = h.sjp_baseline
+    if sb and sb.macro_f1 is not None:
+        parts.append(f"held-out SJP ({sb.n_cases} cases): base model macro-F1 "
+                     f"{sb.macro_f1:.3f} (accuracy {pct(sb.accuracy)}), majority-class "
+                     f"baseline macro-F1 {loss(sb.majority_macro_f1)} (accuracy "
+                     f"{pct(sb.majority_accuracy)})")
+    lo = h.loss_order
+    if lo and lo.spearman is not None:
+        verdict = ("the orders match" if lo.agrees else "the orders do not match")
+        parts.append(
+            f"training-loss order vs held-out macro-F1 order across {lo.n_runs} runs: "
+            f"Spearman rho {lo.spearman:+.2f} (pairs ordered alike: {pct(lo.pair_agreement, 0)})"
+            f": {verdict}; the lowest training loss ({lo.lowest_loss_run}, "
+            f"{loss(lo.lowest_loss)}) has macro-F1 {loss(lo.lowest_loss_macro_f1)}, the best "
+            f"macro-F1 {loss(lo.best_macro_f1)} is {lo.best_macro_f1_run} (loss "
+            f"{loss(lo.best_macro_f1_loss)})")
+    elif lo:
+        parts.append(f"only {lo.n_runs} run(s) with held-out scores: too few to compare orders")
+    if parts:
+        out.append(("sjp", f"{m.model}: " + "; ".join(parts) + "."))
+    drops = sorted(h.retention, key=lambda d: (d.method, d.lr))
+    if drops:
+        texts = []
+        for d in drops:
+            head = f"{method_name(d.method)} LR {lr_label(d.lr)}"
+            if d.first_step is not None:
+                texts.append(
+                    f"{head}: from step {d.first_step} (accuracy {pct(d.accuracy)}, "
+                    f"{points(d.delta)}, 95% interval {points(d.delta_low)} to "
+                    f"{points(d.delta_high)}; {d.runs_dropped} of {d.runs} runs)")
+            else:
+                texts.append(f"{head}: never within steps {d.steps[0]}-{d.steps[-1]} "
+                             f"({points(d.delta)} at step {d.steps[-1]})")
+        first = [d for d in drops if d.first_step is not None]
+        lead = ""
+        if first:
+            earliest = min(first, key=lambda d: (d.first_step, -d.lr))
+            lead = (f" Earliest: {method_name(earliest.method)} at LR {lr_label(earliest.lr)}, "
+                    f"step {earliest.first_step}.")
+        noise = ("bootstrap over questions" if all(d.noise == "bootstrap" for d in drops)
+                 else "bootstrap over questions where logged, else a normal approximation")
+        out.append(("forgetting", f"{m.model}: LEXam {metric_name(h.metric)} first drops below "
+                                  f"the base model beyond noise ({noise}) at "
+                                  + "; ".join(texts) + "." + lead))
+    if h.recommendation:
+        out.append(("recommend", _recommendation_text(m, h.recommendation)))
     return out
 
 

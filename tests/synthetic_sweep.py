@@ -10,6 +10,15 @@ study's baselines (8B 27.1%, 70B 33.1%) and post-fine-tuning accuracies.
 Each history is a noisy exponential decay whose last ``FINAL_LOSS_WINDOW`` values are
 shifted to average exactly to the target, so ``train/final_loss`` (their mean) is the
 target to floating-point precision.
+
+With ``checkpoints=True`` every run also has what the evaluation logs over training
+(docs/CONVENTIONS.md): at checkpoint steps 100, 200, 300, 400 and the final step 467,
+``lexam/*`` (accuracy moving from the base model's level to the run's final accuracy, the
+faster the higher the LR), ``lexam/accuracy_delta*`` (difference to the base model with a
+95% interval), held-out ``sjp/*`` (macro-F1 rising from the base model's 0.45) and
+``eval/loss``; baselines get their held-out SJP numbers. The SJP numbers are invented
+(the seed study measured none), shaped so that the lowest training loss is not the best
+held-out predictor: LoRA at 1e-3 fits SJP best in loss, but 1e-4 predicts best.
 """
 
 from __future__ import annotations
@@ -74,6 +83,23 @@ ACCURACY = {
 LOGLIK_DROP = {1e-5: 0.01, 1e-4: 0.04, 1e-3: 0.08}
 N_QUESTIONS = 1660
 
+# Over training (checkpoints=True).
+CHECKPOINT_STEPS = (100, 200, 300, 400)
+FORGET_STEPS = {1e-5: 400.0, 1e-4: 150.0, 1e-3: 30.0}  # how fast LEXam moves to its final
+LEARN_STEPS = {1e-5: 250.0, 1e-4: 90.0, 1e-3: 30.0}  # how fast SJP moves to its final
+SJP_BASE = {"apertus-8b": 0.45, "apertus-70b": 0.50}
+SJP_MAJORITY = 0.40  # macro-F1 of always predicting dismissal
+# Final held-out macro-F1 of the best rank per (model, method, lr).
+SJP_F1 = {
+    ("apertus-8b", "lora", 1e-5): 0.600, ("apertus-8b", "lora", 1e-4): 0.680,
+    ("apertus-8b", "lora", 1e-3): 0.640, ("apertus-8b", "full", 1e-5): 0.640,
+    ("apertus-8b", "full", 1e-4): 0.660, ("apertus-8b", "full", 1e-3): 0.550,
+    ("apertus-70b", "lora", 1e-5): 0.650, ("apertus-70b", "lora", 1e-4): 0.700,
+    ("apertus-70b", "lora", 1e-3): 0.660, ("apertus-70b", "full", 1e-5): 0.690,
+    ("apertus-70b", "full", 1e-4): 0.680, ("apertus-70b", "full", 1e-3): 0.560,
+}
+SJP_RANK_PENALTY = {1: 0.04, 2: 0.03, 4: 0.02, 8: 0.01, 16: 0.005}  # higher ranks: 0
+
 
 @dataclass(frozen=True)
 class LoggedSweep:
@@ -134,6 +160,48 @@ def lexam_metrics(model: str, method: str, lr: float | None, position: float) ->
     }
 
 
+def _towards(start: float, end: float, step: int, steps: int, tau: float) -> float:
+    """From ``start`` at step 0 to exactly ``end`` at ``steps`` (exponential approach)."""
+    return start + (end - start) * (1 - math.exp(-step / tau)) / (1 - math.exp(-steps / tau))
+
+
+def sjp_macro_f1(spec: RunSpec, seed_sd: float = 0.0) -> float:
+    """The run's final held-out macro-F1 (plus seed noise for seeds other than 0)."""
+    value = SJP_F1[(spec.model, spec.method, spec.lr)] - SJP_RANK_PENALTY.get(spec.rank or 0, 0)
+    if spec.seed:
+        value += seed_sd * float(_rng("sjp", spec.spec_hash).standard_normal())
+    return value
+
+
+def step_metrics(spec: RunSpec, step: int, steps: int, seed_sd: float = 0.0,
+                 losses: np.ndarray | None = None) -> dict[str, float]:
+    """Everything the evaluation logs at one step of a run (checkpoint or final)."""
+    base = BASELINE[spec.model]
+    final = lexam_metrics(spec.model, spec.method, spec.lr, _rank_position(spec))
+    accuracy = _towards(base, final["lexam/accuracy"], step, steps, FORGET_STEPS[spec.lr])
+    lexam = lexam_metrics(spec.model, "base", None, 0)
+    lexam.update({"lexam/accuracy": accuracy,
+                  "lexam/format_rate": min(0.97, accuracy / 0.28 * 0.96),
+                  "lexam/loglik_accuracy": _towards(lexam["lexam/loglik_accuracy"],
+                                                    final["lexam/loglik_accuracy"], step, steps,
+                                                    FORGET_STEPS[spec.lr])})
+    delta = accuracy - base
+    half = 1.96 * 0.8 * math.sqrt((accuracy * (1 - accuracy) + base * (1 - base)) / N_QUESTIONS)
+    f1 = _towards(SJP_BASE[spec.model], sjp_macro_f1(spec, seed_sd), step, steps,
+                  LEARN_STEPS[spec.lr])
+    metrics = {**lexam, "lexam/accuracy_delta": delta, "lexam/accuracy_delta_low": delta - half,
+               "lexam/accuracy_delta_high": delta + half, **_sjp(f1)}
+    if losses is not None:
+        metrics["eval/loss"] = float(losses[min(step, len(losses)) - 1]) + 0.05
+    return metrics
+
+
+def _sjp(f1: float) -> dict[str, float]:
+    return {"sjp/macro_f1": f1, "sjp/accuracy": f1 + 0.04, "sjp/loss": 1.2 - f1,
+            "sjp/majority_macro_f1": SJP_MAJORITY, "sjp/majority_accuracy": 0.67,
+            "sjp/n_cases": 200.0}
+
+
 def _param_metrics(spec: RunSpec) -> dict[str, float]:
     """Parameter counts as the training job logs them: LoRA's fraction is measured
     against the base model's size (``model/total_params`` is the base model's count)."""
@@ -174,8 +242,11 @@ def log_run(
     steps: int = STEPS,
     seed_sd: float = 0.0,
     with_lexam: bool = True,
+    checkpoints: bool = False,
+    register: bool = False,
 ) -> str:
-    """Log one finished training run (histories, summary and LEXam metrics)."""
+    """Log one finished training run (histories, summary and LEXam metrics); with
+    ``checkpoints`` its evaluations over training, with ``register`` a registry version."""
     target = target_loss(spec, seed_sd)
     losses = loss_history(spec, target, steps)
     tags = {**spec.tags(), "job_id": f"synthetic-{spec.spec_hash[:6]}", "outcome": "finished"}
@@ -186,13 +257,41 @@ def log_run(
     metrics = _step_metrics(losses, spec.lr, t0)
     ts = t0 + steps * 1000
     summary = {"train/final_loss": float(np.mean(losses[-FINAL_LOSS_WINDOW:])),
-               **_param_metrics(spec)}
-    if with_lexam:
+               "train/global_steps": float(steps), **_param_metrics(spec)}
+    if with_lexam and not checkpoints:
         summary.update(lexam_metrics(spec.model, spec.method, spec.lr, _rank_position(spec)))
     metrics += [Metric(key, value, ts, 0) for key, value in summary.items()]
+    if checkpoints:  # as the evaluation logs them: each at its step, the final at the last
+        for step in (*[s for s in CHECKPOINT_STEPS if s < steps], steps):
+            metrics += [Metric(key, value, ts + step, step) for key, value in
+                        step_metrics(spec, step, steps, seed_sd, losses).items()]
+        client.set_tag(run_id, "sjp_split_hash", "synthetic-split")
+        client.set_tag(run_id, "checkpoint_snapshots",
+                       f"/synthetic/runs/{spec.run_name}-{spec.spec_hash}/snapshots")
     _log_batched(client, run_id, metrics)
+    if register:
+        client.set_tag(run_id, "registered_model_uri", register_version(client, spec, run_id))
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id
+
+
+def register_version(client: MlflowClient, spec: RunSpec, run_id: str) -> str:
+    """A registry version for the run, as the training job makes one (the source is a small
+    stand-in artifact: there are no weights)."""
+    from mlflow.exceptions import MlflowException
+
+    name = f"lora-regret-{spec.model}-{spec.method}"
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    client.log_text(run_id, "synthetic: no weights", "adapter/README.txt")
+    version = client.create_model_version(
+        name, source=f"runs:/{run_id}/adapter", run_id=run_id,
+        tags={"run_id": run_id, "spec_hash": spec.spec_hash, "model": spec.model,
+              "method": spec.method, "lr": f"{spec.lr:g}", "rank": str(spec.rank or ""),
+              "seed": str(spec.seed)})
+    return f"models:/{name}/{version.version}"
 
 
 def log_broken_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> dict[str, str]:
@@ -227,8 +326,10 @@ def log_broken_runs(client: MlflowClient, experiment_id: str, sweep_id: str) -> 
 
 
 def log_baselines(client: MlflowClient, experiment_id: str, sweep_id: str,
-                  models: tuple[str, ...] = ("apertus-8b", "apertus-70b")) -> dict[str, str]:
-    """Baseline runs of the untouched base models (tag method=base)."""
+                  models: tuple[str, ...] = ("apertus-8b", "apertus-70b"),
+                  sjp: bool = False) -> dict[str, str]:
+    """Baseline runs of the untouched base models (tag method=base); with ``sjp`` their
+    held-out SJP scores too."""
     run_ids = {}
     for model in models:
         tags = {"sweep_id": sweep_id, "model": model, "method": "base", "lr": "", "rank": "",
@@ -236,7 +337,11 @@ def log_baselines(client: MlflowClient, experiment_id: str, sweep_id: str,
         name = f"{model}-base"
         run = client.create_run(experiment_id, run_name=name, tags=tags)
         ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, 0) for k, v in lexam_metrics(model, "base", None, 0).items()]
+        values = lexam_metrics(model, "base", None, 0)
+        if sjp:
+            values.update(_sjp(SJP_BASE[model]))
+            client.set_tag(run.info.run_id, "sjp_split_hash", "synthetic-split")
+        metrics = [Metric(k, v, ts, 0) for k, v in values.items()]
         client.log_batch(run.info.run_id, metrics=metrics)
         client.set_terminated(run.info.run_id)
         run_ids[name] = run.info.run_id
@@ -267,18 +372,22 @@ def log_sweep(
     broken: bool = False,
     baselines: bool = True,
     tracking_uri: str | None = None,
+    checkpoints: bool = False,
+    register: bool = False,
 ) -> LoggedSweep:
-    """Log a whole sweep (default: configs/sweeps/reference.yaml, 52 runs)."""
+    """Log a whole sweep (default: configs/sweeps/reference.yaml, 52 runs); ``checkpoints``:
+    with evaluations over training and held-out SJP, ``register``: registry versions."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = ensure_experiment(client, experiment)
     sweep = sweep or load_named_sweep("reference")
     run_ids = {}
     for spec in sweep.expand(sweep_id=sweep_id):
         run_ids[spec.run_name] = log_run(client, experiment_id, spec, steps=steps,
-                                         seed_sd=seed_sd)
+                                         seed_sd=seed_sd, checkpoints=checkpoints,
+                                         register=register)
     if broken:
         run_ids.update(log_broken_runs(client, experiment_id, sweep_id))
     if baselines:
         models = tuple(sorted({spec.model for spec in sweep.expand()}))
-        run_ids.update(log_baselines(client, experiment_id, sweep_id, models))
+        run_ids.update(log_baselines(client, experiment_id, sweep_id, models, sjp=checkpoints))
     return LoggedSweep(sweep_id, experiment_id, run_ids)

@@ -47,35 +47,52 @@ class SjpCase(BaseModel):
 
 
 def load_cases(data: DataSpec, seed: int = 0) -> Dataset:
-    """The cases a run trains on, filtered and subsampled as the spec says."""
+    """The cases a run trains on: filtered, without the held-out cases, subsampled as the
+    spec says (``training.split`` holds the held-out side)."""
+    from training.split import split_cases
+
+    return split_cases(data, seed=seed).train
+
+
+def source_rows(data: DataSpec, heldout: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+    """Every checked row of the source (the hub's held-out split with ``heldout``), after
+    the language filter; no subsampling, no split.
+
+    Synthetic cases are generated with the run's ``seed``, as they always were, unless the
+    spec holds cases out: then with ``split_seed``, so every seed sees the same cases.
+    """
     if data.kind == "synthetic":
-        rows = generate_cases(data.synthetic_size, seed=seed)
+        rows = generate_cases(data.synthetic_size,
+                              seed=data.split_seed if data.holds_out else seed)
     elif data.kind == "hub":
-        rows = _checked(_hub_rows(data), data.source)
+        split = data.heldout_split if heldout else data.split
+        rows = _checked(_hub_rows(data, split or data.split), data.source)
     else:
         rows = _checked(_local_rows(Path(data.source)), data.source)
+    what = f"{data.source} (split {data.heldout_split})" if heldout else data.source
     if not rows:
-        raise DataError(f"data.source: {data.source} holds no cases")
+        raise DataError(f"data.source: {what} holds no cases")
     if data.languages:
         wanted = set(data.languages)
         rows = [row for row in rows if row.get("language") in wanted]
         if not rows:
-            raise DataError(f"data.languages: no case in {data.source} is in {sorted(wanted)}")
-    cases = Dataset.from_list(_same_columns(rows))
-    if data.max_samples and data.max_samples < len(cases):
-        cases = cases.shuffle(seed=seed).select(range(data.max_samples))
-    return cases
+            raise DataError(f"data.languages: no case in {what} is in {sorted(wanted)}")
+    return rows
 
 
-def _hub_rows(data: DataSpec) -> Iterator[tuple[str, Any]]:
+def to_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    return Dataset.from_list(_same_columns(rows))
+
+
+def _hub_rows(data: DataSpec, split: str) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
 
     hub_id = data.source.removeprefix("hub:")
     try:
-        dataset = load_dataset(hub_id, name=data.hub_config, split=data.split)
+        dataset = load_dataset(hub_id, name=data.hub_config, split=split)
     except Exception as error:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
         raise DataError(
-            f"data.source: cannot load {hub_id!r} (split {data.split!r}) through the hub: "
+            f"data.source: cannot load {hub_id!r} (split {split!r}) through the hub: "
             f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
             " (machines without hub access need a local JSONL/Parquet copy)") from None
     for index, row in enumerate(dataset):

@@ -25,15 +25,19 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from contracts.names import TAG_SNAPSHOTS
 from contracts.paths import configs_dir
 from contracts.redact import redact_text
 from contracts.spec import RunSpec
-from training.data import DataError, load_cases
+from contracts.splits import SplitRecord
+from training.data import DataError
 from training.devices import native_bf16
 from training.distributed import attach_deepspeed, engine_facts, parameter_memory
 from training.formatting import SftFormatter
 from training.layout import layout_tags
 from training.models import resolve_model_path
+from training.snapshots import SnapshotKeeper, snapshots_dir
+from training.split import split_cases
 from training.tracking import (
     RUN_ID_FILE,
     MetricBuffer,
@@ -73,7 +77,9 @@ def bf16_enabled(setting: str) -> bool:
     return native_bf16()
 
 
-def build_sft_config(spec: RunSpec, run_dir: Path):
+def build_sft_config(spec: RunSpec, run_dir: Path, validate: bool = False):
+    """The trainer's settings; ``validate``: a validation loss on the held-out cases at
+    every checkpoint save (``eval/loss``)."""
     from trl import SFTConfig
 
     deepspeed = (
@@ -101,6 +107,9 @@ def build_sft_config(spec: RunSpec, run_dir: Path):
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=2,
+        eval_strategy="steps" if validate else "no",
+        eval_steps=spec.save_steps if validate else None,
+        per_device_eval_batch_size=spec.per_device_batch,
         report_to="none",
         deepspeed=deepspeed,
         completion_only_loss=True,
@@ -163,6 +172,8 @@ class TrainingInputs:
     model_path: str
     tokenizer: Any
     dataset: Any
+    eval_dataset: Any = None  # held-out cases for the validation loss (None: none held out)
+    split: SplitRecord | None = None
 
 
 def prepare_inputs(spec: RunSpec) -> TrainingInputs:
@@ -176,9 +187,14 @@ def prepare_inputs(spec: RunSpec) -> TrainingInputs:
                         f"{str(error).splitlines()[0][:300]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    cases = load_cases(spec.data, seed=spec.seed)
-    dataset = SftFormatter(tokenizer, spec.max_seq_length).format(cases)
-    return TrainingInputs(model_path, tokenizer, dataset)
+    split = split_cases(spec.data, seed=spec.seed)
+    formatter = SftFormatter(tokenizer, spec.max_seq_length)
+    dataset = formatter.format(split.train)
+    eval_dataset = None
+    if split.heldout is not None:
+        heldout = split.heldout.select(range(min(len(split.heldout), spec.eval_max_cases)))
+        eval_dataset = formatter.format(heldout)
+    return TrainingInputs(model_path, tokenizer, dataset, eval_dataset, split.record)
 
 
 def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True,
@@ -195,7 +211,7 @@ def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     # First: the process group (all ranks) and the DeepSpeed config the model loads under.
-    args = build_sft_config(spec, run_dir)
+    args = build_sft_config(spec, run_dir, validate=inputs.eval_dataset is not None)
     log.info("%d training process(es)", args.world_size)  # sets up the process group
     if spec.zero_stage is not None:
         attach_deepspeed()
@@ -204,6 +220,12 @@ def run_training(spec: RunSpec, job_id: str | None = None, register: bool = True
     run_id = open_run(spec, run_dir, job_id)
     monitor = system_metrics_monitor(run_id, resumed) if main and run_id else None
     try:
+        if main and run_id and inputs.split is not None:
+            from mlflow.tracking import MlflowClient
+
+            from tracking.splits import log_split
+
+            log_split(MlflowClient(), run_id, inputs.split)  # which cases it never sees
         return _train(spec, inputs, args, run_dir, run_id if main else None, started,
                       register)
     except BaseException as error:
@@ -232,9 +254,11 @@ def _train(spec: RunSpec, inputs: TrainingInputs, args, run_dir: Path, run_id: s
 
     samples_per_step = spec.per_device_batch * spec.grad_accum * args.world_size
     logger = MlflowStepLogger(MetricBuffer(run_id) if run_id else None, samples_per_step)
+    keeper = SnapshotKeeper(run_dir, spec.checkpoint_eval_every, is_main_process())
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
+                         eval_dataset=inputs.eval_dataset,
                          processing_class=tokenizer, peft_config=build_peft_config(spec),
-                         callbacks=[logger])
+                         callbacks=[logger, keeper])
     trainable, total = count_parameters(trainer.model)
     if spec.method == "lora":
         total -= trainable  # the fraction is measured against the base model's size
@@ -278,6 +302,8 @@ def _train(spec: RunSpec, inputs: TrainingInputs, args, run_dir: Path, run_id: s
         **facts.metrics(),
     }
     tags = {**layout_tags(spec, accelerator=torch.cuda.is_available()), **facts.tags()}
+    if spec.checkpoint_eval_every:
+        tags[TAG_SNAPSHOTS] = str(snapshots_dir(run_dir).resolve())
     if diverged:
         tags["diverged_at_step"] = str(logger.diverged_at)
     elif spec.method == "full":

@@ -97,8 +97,33 @@ def register_checkpoint(spec: RunSpec, run_id: str, checkpoint_dir: Path) -> tup
     return f"models:/{name}/{version.version}", version.version
 
 
+def _referenced_folder(model_uri: str) -> Path | None:
+    """The folder a version registered by reference names (tag ``checkpoint_path``): full
+    fine-tunes, and checkpoints the report recommended; None for other versions."""
+    target = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in target:
+            name, alias = target.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = target.split("/", 1)
+            version = client.get_model_version(name, number)
+    except (ValueError, mlflow.exceptions.MlflowException):
+        return None
+    path = version.tags.get("checkpoint_path")
+    return Path(path) if path else None
+
+
 def fetch_adapter(model_uri: str, dst: str | Path) -> Path:
-    """Download a registered adapter; returns a folder ``PeftModel.from_pretrained`` loads."""
+    """Download a registered adapter; returns a folder ``PeftModel.from_pretrained`` loads.
+    A version registered by reference (a recommended checkpoint) is its folder itself."""
+    referenced = _referenced_folder(model_uri) if model_uri.startswith("models:/") else None
+    if referenced is not None:
+        if not (referenced / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{model_uri}: {referenced} holds no PEFT adapter "
+                                    "(not reachable from here, or not an adapter)")
+        return referenced
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))

@@ -34,6 +34,9 @@ STEP_METRICS = {
     "grad_norm": "train/grad_norm",
     "mean_token_accuracy": "train/mean_token_accuracy",
     "entropy": "train/entropy",
+    # At each checkpoint, on the held-out cases (when the run holds some out).
+    "eval_loss": "eval/loss",
+    "eval_mean_token_accuracy": "eval/mean_token_accuracy",
 }
 
 
