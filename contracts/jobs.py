@@ -65,6 +65,13 @@ class JobRequest(BaseModel):
         description="Keys of jobs this one waits for (whatever their outcome): SLURM "
         "--dependency=afterany, the local backend the same.",
     )
+    claim: SafeName | None = Field(
+        default=None,
+        description="What the job produces, once (a training spec's hash): at most one job "
+        "per claim runs whatever its key, so a second trigger of the same sweep, even at "
+        "the same moment, re-attaches to the job that holds the claim while it runs or if "
+        "it succeeded.",
+    )
 
 
 def task_key(name: str, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:

@@ -81,6 +81,7 @@ class SweepPlan(BaseModel):
     n_finished: int
     train: tuple[TrainJob, ...]
     evaluate: tuple[EvalJob, ...]
+    force: bool = False  # train again even what already finished (claims are taken over)
     memory: tuple[MemoryEstimate, ...] = ()  # the memory plan of every run not finished
     held_back: tuple[str, ...] = ()  # run names predicted OOM and not submitted
 
@@ -130,6 +131,7 @@ def training_job(spec: RunSpec, profile: ClusterProfile) -> JobRequest:
         argv=(profile.python_executable(), "-m", "training",
               "--spec", f"{JOB_DIR_PLACEHOLDER}/{TRAIN_SPEC_FILE}", "--job-id", JOB_ID_PLACEHOLDER),
         files={TRAIN_SPEC_FILE: spec.to_yaml()},
+        claim=spec.spec_hash,  # one spec trains once, however often the sweep is triggered
         resources_key=spec.model,
         resources=_layout(spec),
     )
@@ -199,7 +201,8 @@ def plan_sweep(conf: SweepConf, profile: ClusterProfile, finished: FinishedLooku
         )
     return SweepPlan(sweep_id=sweep_id, profile=profile.name, n_runs=len(specs),
                      n_finished=len(done & {s.spec_hash for s in specs}), train=train,
-                     evaluate=evaluate, memory=memory, held_back=tuple(sorted(held_back)))
+                     evaluate=evaluate, force=conf.force, memory=memory,
+                     held_back=tuple(sorted(held_back)))
 
 
 def _model_settings(profile: ClusterProfile, model: str) -> dict[str, Any]:

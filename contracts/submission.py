@@ -12,6 +12,7 @@ starts when they have ended, not when the whole grid has.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from contracts.jobs import JobRequest, task_key
 from contracts.plan import SweepPlan
@@ -47,3 +48,14 @@ def evaluations_to_rerun(evaluations: Sequence[JobRequest], submitted: Collectio
     was (re)submitted just now: an earlier evaluation did not see that run."""
     fresh = set(submitted)
     return {str(job.key) for job in evaluations if fresh.intersection(job.after)}
+
+
+def follow_shared(evaluations: Sequence[JobRequest], train: Sequence[JobRequest],
+                  trained: Sequence[Any]) -> list[JobRequest]:
+    """Evaluations waiting for the jobs that really train their runs: a training request
+    answered with another trigger's job (its claim was held) is replaced in ``after`` by
+    that job's key (``trained``: the submitted jobs, in ``train``'s order)."""
+    moved = {str(r.key): job.key for r, job in zip(train, trained, strict=True)
+             if job.key != r.key}
+    return [e.model_copy(update={"after": tuple(moved.get(k, k) for k in e.after)})
+            if moved.keys() & set(e.after) else e for e in evaluations]

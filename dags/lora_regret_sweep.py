@@ -91,7 +91,7 @@ def lora_regret_sweep() -> None:
 
         from contracts.plan import SweepPlan
         from contracts.profiles import ProfileError, load_profile
-        from contracts.submission import evaluations_to_rerun, sweep_jobs
+        from contracts.submission import evaluations_to_rerun, follow_shared, sweep_jobs
 
         the_plan = SweepPlan.model_validate(plan)
         try:
@@ -103,7 +103,10 @@ def lora_regret_sweep() -> None:
         try:
             with get_backend(profile) as backend:
                 trained = submit_jobs(backend, train, os.environ,
-                                      accept_exit_codes=TRAIN_ACCEPTED_EXIT_CODES)
+                                      accept_exit_codes=TRAIN_ACCEPTED_EXIT_CODES,
+                                      take_finished_claims=the_plan.force)
+                # A run another trigger already trains is waited for under that job's key.
+                evaluate = follow_shared(evaluate, train, trained)
                 fresh = {j.key for j in trained if j.result == "submitted"}
                 evaluated = submit_jobs(backend, evaluate, os.environ,
                                         rerun=evaluations_to_rerun(evaluate, fresh),

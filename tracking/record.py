@@ -16,15 +16,15 @@ from contracts.names import TAG_FAILURE_REASON, TAG_JOB_ID, TAG_JOB_STATE, TAG_O
 from contracts.outcomes import FINAL_OUTCOMES, classify
 from contracts.spec import RunSpec
 from tracking.runs import create_spec_run, find_spec_run
+from tracking.store import client as store_client
 
 
 def record_job_result(spec: RunSpec, result: dict[str, Any],
                       tracking_uri: str | None = None) -> dict[str, str]:
     """Write one job's result into the spec's run; returns what was recorded."""
     from mlflow.entities import Metric, RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store_client(tracking_uri)
     state = str(result.get("state") or "")
     job_id = str(result.get("job_id") or "")
     verdict = classify(state, result.get("exit_code"), result.get("log_tail") or "")

@@ -15,6 +15,7 @@ from typing import Any
 from contracts.memory import estimate
 from contracts.names import TAG_MEMORY_PLAN, TAG_OUTCOME, TAG_SPEC_HASH
 from contracts.spec import RunSpec
+from tracking.store import client as store_client
 from tracking.store import ensure_experiment
 
 PAGE_SIZE = 1000
@@ -72,9 +73,7 @@ def find_spec_run(client: Any, spec: RunSpec) -> Any | None:
 
 def finished_spec_hashes(specs: Iterable[RunSpec], tracking_uri: str | None = None) -> set[str]:
     """The spec hashes among ``specs`` that have a finished run in the spec's experiment."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store_client(tracking_uri)
     wanted: dict[str, set[str]] = defaultdict(set)
     for spec in specs:
         wanted[spec.experiment].add(spec.spec_hash)

@@ -30,6 +30,13 @@ def configure(uri: str | None = None) -> str:
     return uri
 
 
+def client(uri: str | None = None) -> Any:
+    """An MlflowClient on the configured store (a new SQLite store created safely first)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=configure(uri))
+
+
 def _open_sqlite_once(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 

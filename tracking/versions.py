@@ -42,9 +42,9 @@ def _chosen(client: Any, name: str) -> dict[str, list[str]]:
 def versions_to_evaluate(client: Any | None = None) -> list[VersionTarget]:
     """Every chosen version of every lora-regret registered model, in a stable order."""
     if client is None:
-        from mlflow.tracking import MlflowClient
+        from tracking.store import client as store_client
 
-        client = MlflowClient()
+        client = store_client()
     targets = []
     for registered in client.search_registered_models(f"name LIKE '{REGISTRY_PREFIX}%'"):
         for version, aliases in sorted(_chosen(client, registered.name).items(),

@@ -9,6 +9,7 @@ task of a large batch, started in the triggerer, pulls only the chunk with its o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,9 +46,52 @@ def succeeded(status: JobStatus, accept_exit_codes: Collection[int] = ()) -> boo
         and status.exit_code in accept_exit_codes)
 
 
+CLAIM_WAIT_S = 60.0  # a claim just taken by another submitter: the time to see its job
+
+
+def _claimed_elsewhere(backend: Any, requests: Sequence[JobRequest],
+                       accept_exit_codes: Collection[int], take_finished: bool
+                       ) -> dict[str, SubmittedJob]:
+    """Requests whose claim another job holds: key -> that job (its key and id), while it
+    runs or if it succeeded (``take_finished``: only while it runs). A claim whose job
+    ended otherwise is taken over, and its request is submitted as usual."""
+    wanted = {r.claim: str(r.key) for r in requests if r.claim}
+    holders = backend.claim_many(wanted) if wanted else {}
+    other = {str(r.key): (r, holders[r.claim]) for r in requests
+             if r.claim and holders.get(r.claim, r.key) != r.key}
+    attached: dict[str, SubmittedJob] = {}
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while other:
+        jobs = backend.existing_many(sorted({holder for _, holder in other.values()}))
+        reports = backend.reports({job_id: key for key, job_id in jobs.items()})
+        waiting = {}
+        for key, (request, holder) in other.items():
+            job_id = jobs.get(holder)
+            if job_id is None and time.monotonic() < deadline:
+                waiting[key] = (request, holder)  # claimed a moment ago, not submitted yet
+                continue
+            report = reports.get(job_id) if job_id else None
+            status = report.status if report else None
+            ended = status is None or status.state.finished
+            keep = status is not None and (not ended or (
+                not take_finished and succeeded(status, accept_exit_codes)))
+            if keep:
+                attached[key] = SubmittedJob(name=request.name, key=holder, job_id=job_id,
+                                             result="existing", finished=ended)
+            elif not backend.take_over(str(request.claim), holder, key):
+                new_holder = backend.claim_many({str(request.claim): key})[str(request.claim)]
+                if new_holder != key:  # someone else took it over just now: theirs
+                    waiting[key] = (request, new_holder)
+        other = waiting
+        if other:
+            time.sleep(1.0)
+    return attached
+
+
 def submit_jobs(backend: Any, requests: Sequence[JobRequest], environ: Mapping[str, str], *,
                 accept_exit_codes: Collection[int] = (), rerun: Collection[str] = (),
-                queued: Collection[str] = ()) -> list[SubmittedJob]:
+                queued: Collection[str] = (), take_finished_claims: bool = False
+                ) -> list[SubmittedJob]:
     """Submit ``requests`` (each with a key) in one session; one SubmittedJob each, in order.
 
     A key whose folder already names a job re-attaches to it while it runs or if it
@@ -56,10 +100,27 @@ def submit_jobs(backend: Any, requests: Sequence[JobRequest], environ: Mapping[s
     again. A request's ``after`` keys become dependencies when those jobs are submitted in
     this batch or named in ``queued`` (jobs known not to have ended); a dependency that has
     already ended is satisfied and dropped. A job the scheduler refuses is an ``error``
-    entry: the others are submitted all the same."""
+    entry: the others are submitted all the same.
+
+    A request with a ``claim`` another job holds (another trigger of the same sweep) is
+    answered with that job, which it then shares, while it runs or if it succeeded
+    (``take_finished_claims``, a forced re-run: only while it runs)."""
     keys = [str(r.key) for r in requests]
     if len(set(keys)) != len(keys) or "None" in keys:
         raise ValueError("key: every job of a batch needs its own key")
+    shared = _claimed_elsewhere(backend, requests, accept_exit_codes, take_finished_claims)
+    own = [r for r in requests if str(r.key) not in shared]
+    queued = [*queued, *(j.key for j in shared.values() if j.queued)]
+    by_key = {j.key: j for j in _submit_own(backend, own, environ, accept_exit_codes, rerun,
+                                            queued)}
+    return [shared.get(key) or by_key[key] for key in keys]
+
+
+def _submit_own(backend: Any, requests: Sequence[JobRequest], environ: Mapping[str, str],
+                accept_exit_codes: Collection[int], rerun: Collection[str],
+                queued: Collection[str]) -> list[SubmittedJob]:
+    """submit_jobs for requests whose claims (if any) are theirs."""
+    keys = [str(r.key) for r in requests]
     existing = backend.existing_many(keys)
     reports = backend.reports({job_id: key for key, job_id in existing.items()})
     kept: dict[str, SubmittedJob] = {}

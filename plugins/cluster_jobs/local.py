@@ -34,6 +34,7 @@ from contracts.states import JobState, JobStatus
 PID_FILE = "runner.pid"
 LOCK_FILE = "runner.lock"
 CANCEL_FILE = "cancel_requested"
+CLAIMS_DIR = ".claims"  # one file per claim, naming the key of the job that holds it
 CANCEL_WAIT_S = 30.0  # the runner stops its job within KILL_WAIT_S, then writes its result
 
 
@@ -208,6 +209,38 @@ class LocalJobs:
             outcomes.append(SubmitOutcome(key=job_id, job_id=job_id,
                                           result="existing" if reattached else "submitted"))
         return outcomes
+
+    def claim_many(self, claims: Mapping[str, str]) -> dict[str, str]:
+        """Claim each ``claim`` for its key, atomically; returns claim -> the key holding
+        it (the given key, or the one that claimed it first)."""
+        folder = self.work_dir / CLAIMS_DIR
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        holders = {}
+        for claim, key in claims.items():
+            path = folder / claim
+            staged = folder / f".{claim}.{key}.{os.getpid()}"
+            write_private(staged, key)
+            try:
+                os.link(staged, path)  # fails if the claim exists: nobody sees half of one
+            except FileExistsError:
+                pass
+            finally:
+                staged.unlink(missing_ok=True)
+            holders[claim] = path.read_text().strip()
+        return holders
+
+    def take_over(self, claim: str, old: str, new: str) -> bool:
+        """Move ``claim`` from ``old`` (whose job ended) to ``new``: only one of several
+        submitters taking over from the same holder wins."""
+        folder = self.work_dir / CLAIMS_DIR
+        try:
+            os.close(os.open(folder / f"{claim}.from-{old}", os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        staged = folder / f".{claim}.{new}.{os.getpid()}"
+        write_private(staged, new)
+        os.replace(staged, folder / claim)
+        return True
 
     def existing_many(self, keys: Sequence[str]) -> dict[str, str]:
         return {key: job_id for key in keys if (job_id := self.existing(key)) is not None}

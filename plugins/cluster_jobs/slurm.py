@@ -67,6 +67,7 @@ def from_slurm(name: str) -> JobState:
     raise ValueError(f"unknown SLURM job state {name!r}")
 
 
+CLAIMS_DIR = ".claims"  # one file per claim, naming the key of the job that holds it
 _JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")
 SSH_COMMAND_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 40
@@ -352,6 +353,32 @@ def parse_existing(stdout: str) -> dict[str, str]:
     return out
 
 
+def claims_script(profile: ClusterProfile, claims: Mapping[str, str]) -> str:
+    """Claim each claim for its key (a hard link fails if the claim exists: atomic, also
+    against another submitter at the same moment); print ``claim NAME HOLDER`` each."""
+    folder = shlex.quote(f"{profile.work_dir.rstrip('/')}/{CLAIMS_DIR}")
+    lines = ["umask 077", f"mkdir -p {folder}"]
+    for claim, key in claims.items():
+        path, staged = f"{folder}/{shlex.quote(claim)}", f"{folder}/.{shlex.quote(claim)}.$$"
+        lines.append(f"printf %s {shlex.quote(key)} > {staged}; ln {staged} {path} "
+                     f"2>/dev/null; rm -f {staged}; echo \"claim {claim} $(cat {path})\"")
+    return "\n".join(lines) + "\n"
+
+
+def parse_claims(stdout: str) -> dict[str, str]:
+    return {parts[1]: parts[2] for line in stdout.splitlines()
+            if len(parts := line.split()) == 3 and parts[0] == "claim"}
+
+
+def take_over_script(profile: ClusterProfile, claim: str, old: str, new: str) -> str:
+    folder = shlex.quote(f"{profile.work_dir.rstrip('/')}/{CLAIMS_DIR}")
+    marker, path = f"{folder}/{shlex.quote(claim)}.from-{shlex.quote(old)}", \
+        f"{folder}/{shlex.quote(claim)}"
+    return (f"umask 077; if ( set -o noclobber; : > {marker} ) 2>/dev/null; then "
+            f"printf %s {shlex.quote(new)} > {path}.$$ && mv -f {path}.$$ {path} && "
+            "echo took; else echo lost; fi\n")
+
+
 def archive_script(profile: ClusterProfile, keys: Iterable[str]) -> str:
     """Move finished jobs' folders aside, so their keys can run again."""
     return "\n".join(
@@ -457,6 +484,15 @@ class SlurmJobs:
         script = submit_script(self.profile, items, pass_env_values(self.profile, environ))
         out = self._checked(script, "submitting")
         return parse_submit(out, [request.key or "" for request, _ in items])
+
+    def claim_many(self, claims: Mapping[str, str]) -> dict[str, str]:
+        if not claims:
+            return {}
+        return parse_claims(self._checked(claims_script(self.profile, claims), "claiming"))
+
+    def take_over(self, claim: str, old: str, new: str) -> bool:
+        out = self._checked(take_over_script(self.profile, claim, old, new), "claiming")
+        return out.strip() == "took"
 
     def existing_many(self, keys: Sequence[str]) -> dict[str, str]:
         if not keys:
