@@ -31,8 +31,9 @@ def jobs(tmp_path: Path) -> LocalJobs:
                                     resources={"time_limit": "10"}))
 
 
-def job(key: str, code: str = "import time; time.sleep(2)", claim: str = "spec-abc") -> JobRequest:
-    return JobRequest(name="train", key=key, claim=claim, argv=(sys.executable, "-c", code))
+def job(key: str, code: str = "import time; time.sleep(2)",
+        claim: str = "spec-abc") -> JobRequest:
+    return JobRequest(name="train", key=key, claim=claim, argv=("python3", "-c", code))
 
 
 def wait(jobs: LocalJobs, key: str) -> str:
@@ -133,3 +134,29 @@ def test_the_same_conf_triggered_twice_at_once_trains_once(tmp_path: Path) -> No
     trained = [p for p in (tmp_path / "jobs").iterdir()
                if not p.name.startswith(".") and (p / "job_id").is_file()]
     assert len(trained) == 1, trained
+
+
+@pytest.mark.slurm
+def test_two_triggers_at_once_share_one_slurm_job(slurm_profile: ClusterProfile) -> None:
+    from cluster_jobs.slurm import SlurmJobs
+
+    results: dict[str, list] = {}
+    barrier = threading.Barrier(2)
+    profile = slurm_profile.model_copy(update={"chdir": None})
+
+    def trigger(key: str) -> None:
+        with SlurmJobs(profile) as session:
+            barrier.wait()
+            results[key] = submit_jobs(session, [job(key, claim="spec-slurm")], os.environ)
+
+    threads = [threading.Thread(target=trigger, args=(k,)) for k in ("run-a", "run-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (a,), (b,) = results["run-a"], results["run-b"]
+    assert a.job_id == b.job_id and a.key == b.key, (a, b)
+    assert {a.result, b.result} == {"submitted", "existing"}
+    folders = [p for p in Path(profile.work_dir).iterdir()
+               if not p.name.startswith(".") and (p / "job_id").is_file()]
+    assert len(folders) == 1
