@@ -65,7 +65,12 @@ def mlflow_store(folder: Path) -> Iterator[str]:
         patch.setenv("LORA_REGRET_ARTIFACT_ROOT", str(folder / "artifacts"))
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        yield uri
+        try:
+            yield uri
+        finally:
+            # MLflow keeps these process-wide: a later test's client must not find this store.
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
 
 
 @pytest.fixture

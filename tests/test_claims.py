@@ -127,7 +127,7 @@ def test_the_same_conf_triggered_twice_at_once_trains_once(tmp_path: Path) -> No
     assert [f["state"] for f in found] == ["success", "success"], found
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}", registry_uri=f"sqlite:///{mlflow_db}")
     runs = client.search_runs([client.get_experiment_by_name("lora-regret").experiment_id])
     assert [r.data.tags["outcome"] for r in runs] == ["finished"]
     assert len(client.search_model_versions("name = 'lora-regret-tiny-apertus-lora'")) == 1
