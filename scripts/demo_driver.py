@@ -68,6 +68,7 @@ def demo_conf() -> dict:
         "eval_max_questions": int(os.environ["DEMO_EVAL_QUESTIONS"]),
         "eval_max_new_tokens": int(os.environ["DEMO_EVAL_MAX_NEW_TOKENS"]),
         "eval_data": str(lexam) if lexam.is_file() else "synthetic",
+        "eval_backend": os.environ.get("DEMO_EVAL_BACKEND", "transformers"),
     }
 
 
