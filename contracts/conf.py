@@ -27,7 +27,7 @@ from pydantic import (
 from contracts.errors import SpecError, describe_errors, parse
 from contracts.evaluation import LEXAM_HUB_REPO, Dtype, EvalOptions, Scorer
 from contracts.evaluation import Backend as EvalBackend
-from contracts.presets import load_presets
+from contracts.presets import known_model, load_presets
 from contracts.safe import SafeName, SafePath
 from contracts.spec import DEFAULT_HELDOUT_FRACTION, MAX_RANK, RunSpec
 from contracts.sweep import GridBlock, SweepSpec, load_named_sweep, sweep_presets
@@ -202,10 +202,8 @@ class SweepConf(BaseModel):
     @field_validator("models")
     @classmethod
     def _known_models(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        known = load_presets()
         for name in value or ():
-            if name not in known:
-                raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
+            known_model(name)
         return value
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ from pydantic import (
 from contracts.errors import parse
 from contracts.files import SpecFile
 from contracts.names import DEFAULT_EXPERIMENT
-from contracts.presets import load_presets
+from contracts.presets import known_model
 from contracts.safe import LanguageCode, SafeName, SafePath
 
 LEXAM_HUB_REPO = "LEXam-Benchmark/LEXam"
@@ -105,10 +105,7 @@ class EvalJobSpec(SpecFile):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        presets = load_presets()
-        if value not in presets:
-            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(presets))}")
-        return value
+        return known_model(value)
 
     @model_validator(mode="after")
     def _targets_named(self) -> EvalJobSpec:

@@ -45,6 +45,15 @@ def _load(path: Path) -> dict[str, ModelPreset]:
     return {name: ModelPreset(name=name, **entry) for name, entry in raw.items()}
 
 
+def known_model(name: str) -> str:
+    """The name itself if it is a preset; a ValueError naming the known ones otherwise
+    (for validators, so the field's error lists what would have worked)."""
+    presets = load_presets()
+    if name not in presets:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(presets))}")
+    return name
+
+
 def get_preset(name: str) -> ModelPreset:
     presets = load_presets()
     if name not in presets:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from contracts.errors import SpecError, parse
 from contracts.files import SpecFile
 from contracts.names import DEFAULT_EXPERIMENT
-from contracts.presets import load_presets
+from contracts.presets import known_model
 from contracts.safe import MODULE_NAME_PATTERN, SafeName, SafePath
 
 MAX_RANK = 4096
@@ -174,10 +174,7 @@ class RunSpec(SpecFile):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        presets = load_presets()
-        if value not in presets:
-            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(presets))}")
-        return value
+        return known_model(value)
 
     @field_validator("target_modules")
     @classmethod

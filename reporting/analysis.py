@@ -41,6 +41,7 @@ from reporting.findings import (
 )
 from reporting.heldout import DEFAULT_MARGIN, analyse_heldout
 from reporting.heldout import DEFINITIONS as HELDOUT_DEFINITIONS
+from reporting.numbers import finite_or_none as _num
 from reporting.scaling import analyse_scaling, scaling_statements
 
 NOISE_Z = 2.0
@@ -53,14 +54,6 @@ NOISE_RULE = (
     f"means over seeds; two configurations are within noise when their means differ by at "
     f"most {NOISE_Z:g} combined standard errors; unknown with a single seed"
 )
-
-
-def _none(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _rank(value: object) -> int | None:
@@ -129,7 +122,7 @@ def within_noise(a: pd.Series, b: pd.Series) -> bool | None:
 
 def _stat(row: pd.Series) -> dict:
     return {"method": row["method"], "rank": _rank(row["rank"]), "lr": float(row["lr"]),
-            "final_loss": float(row["mean"]), "std": _none(row["std"]), "n_seeds": int(row["n"]),
+            "final_loss": float(row["mean"]), "std": _num(row["std"]), "n_seeds": int(row["n"]),
             "run_ids": list(row["run_ids"])}
 
 
@@ -167,7 +160,7 @@ def rank_independence(stats: pd.DataFrame, full_lr: float | None) -> RankIndepen
             not at_common.empty and within_noise(best, at_common.iloc[0]) is True)
         per_rank.append(RankBestLR(
             rank=rank, best_lr=float(best["lr"]), final_loss=float(best["mean"]),
-            std=_none(best["std"]), n_seeds=int(best["n"]),
+            std=_num(best["std"]), n_seeds=int(best["n"]),
             lr_ratio_to_full=float(best["lr"]) / full_lr if full_lr else None,
             losses_by_lr={f"{lr:g}": float(m) for lr, m in zip(sub["lr"], sub["mean"],
                                                                strict=True)},
@@ -211,8 +204,8 @@ def trainable(runs: pd.DataFrame, model: str) -> list[TrainableRow]:
     lora = runs[(runs["method"] == "lora") & runs["rank"].notna()]
     rows = []
     for rank, sub in lora.groupby("rank"):
-        fraction = _none(sub["model/trainable_fraction"].mean())
-        params = _none(sub["model/trainable_params"].mean())
+        fraction = _num(sub["model/trainable_fraction"].mean())
+        params = _num(sub["model/trainable_params"].mean())
         expected = counts.lora_fraction(int(rank)) if counts else None
         shown = fraction if fraction is not None else expected
         rows.append(TrainableRow(
@@ -232,12 +225,12 @@ def tradeoff(runs: pd.DataFrame) -> list[TradeoffRow]:
     for (method, lr), sub in usable.groupby(["method", "lr"]):
         rows.append(TradeoffRow(
             method=method, lr=float(lr), n_runs=len(sub),
-            final_loss=_none(sub["final_loss"].mean()),
-            accuracy=_none(sub["lexam/accuracy"].mean()),
-            accuracy_min=_none(sub["lexam/accuracy"].min()),
-            accuracy_max=_none(sub["lexam/accuracy"].max()),
-            format_rate=_none(sub["lexam/format_rate"].mean()),
-            loglik_accuracy=_none(sub["lexam/loglik_accuracy"].mean()),
+            final_loss=_num(sub["final_loss"].mean()),
+            accuracy=_num(sub["lexam/accuracy"].mean()),
+            accuracy_min=_num(sub["lexam/accuracy"].min()),
+            accuracy_max=_num(sub["lexam/accuracy"].max()),
+            format_rate=_num(sub["lexam/format_rate"].mean()),
+            loglik_accuracy=_num(sub["lexam/loglik_accuracy"].mean()),
         ))
     return rows
 
@@ -248,20 +241,20 @@ def _baseline(baselines: pd.DataFrame, model: str) -> Baseline | None:
         return None
     row = sub.iloc[-1]
     return Baseline(accuracy=float(row["lexam/accuracy"]),
-                    format_rate=_none(row["lexam/format_rate"]),
-                    loglik_accuracy=_none(row["lexam/loglik_accuracy"]),
-                    chance=_none(row["lexam/chance"]), run_id=row["run_id"])
+                    format_rate=_num(row["lexam/format_rate"]),
+                    loglik_accuracy=_num(row["lexam/loglik_accuracy"]),
+                    chance=_num(row["lexam/chance"]), run_id=row["run_id"])
 
 
 def _accuracy_at(runs: pd.DataFrame, best: Optimum | None) -> float | None:
     if best is None:
         return None
-    return _none(runs[runs["run_id"].isin(best.run_ids)]["lexam/accuracy"].mean())
+    return _num(runs[runs["run_id"].isin(best.run_ids)]["lexam/accuracy"].mean())
 
 
 def _excluded(runs: pd.DataFrame) -> list[ExcludedRun]:
     return [ExcludedRun(run_id=r.run_id, run_name=r.run_name or r.run_id, method=r.method,
-                        rank=_rank(r.rank), lr=_none(r.lr), outcome=r.outcome,
+                        rank=_rank(r.rank), lr=_num(r.lr), outcome=r.outcome,
                         reason=r.excluded_reason)
             for r in runs[runs["excluded_reason"] != ""].itertuples(index=False)]
 
@@ -275,7 +268,7 @@ def not_finished(runs: pd.DataFrame) -> list[UnfinishedRun]:
     with its job state and reason, in run-name order."""
     rows = runs[runs["outcome"] != "finished"].sort_values("run_name")
     return [UnfinishedRun(run_id=r.run_id, run_name=r.run_name or r.run_id, model=r.model,
-                          method=r.method, rank=_rank(r.rank), lr=_none(r.lr),
+                          method=r.method, rank=_rank(r.rank), lr=_num(r.lr),
                           outcome=r.outcome, job_state=str(r.job_state or ""),
                           job_id=str(r.job_id or ""),
                           reason=str(r.failure_reason or DEFAULT_REASONS.get(r.outcome, "")))
@@ -288,7 +281,7 @@ def analyse_model(runs: pd.DataFrame, baselines: pd.DataFrame, model: str) -> Mo
     lora, full = optimum(stats, "lora"), optimum(stats, "full")
     counts = load_presets().get(model)
     logged_total = mine.loc[mine["method"] == "full", "model/total_params"].max()
-    total = _none(logged_total) or (float(counts.total_params) if counts and
+    total = _num(logged_total) or (float(counts.total_params) if counts and
                                     counts.total_params else None)
     return ModelFindings(
         model=model, total_params=total, n_runs=len(mine),

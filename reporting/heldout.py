@@ -37,6 +37,7 @@ from reporting.findings import (
     SjpBaseline,
     TradeoffPoint,
 )
+from reporting.numbers import finite_or_none as _num
 
 DEFAULT_MARGIN = 0.02
 AGREE_RHO = -0.5
@@ -61,14 +62,6 @@ DEFINITIONS = {
            "the prompt; macro-F1 = mean of the two classes' F1; majority baseline = the most "
            "common training outcome for every case",
 }
-
-
-def _num(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _int(value: object) -> int | None:

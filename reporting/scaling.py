@@ -13,13 +13,12 @@ else the job's own ``cost/gpu_hours`` (runtime x GPUs).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from reporting.findings import Scaling, ScalingPoint, Statement
 from reporting.labels import model_label
+from reporting.numbers import finite_or_none as _num
 
 DEFINITION = (
     "layouts are (model, method, ZeRO stage, nodes x GPUs per node), means over their runs; "
@@ -29,14 +28,6 @@ DEFINITION = (
 QUESTION = "Engineering: scaling, memory and cost"
 WORKING = "finished"
 OUTCOME_ORDER = ("oom", "failed", "diverged", "running", "finished")
-
-
-def _num(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _mean(series: pd.Series) -> float | None:

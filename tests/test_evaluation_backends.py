@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from evaluation.backends.chat import render
-from evaluation.backends.transformers_backend import TransformersBackend
+from evaluation.backends.transformers_backend import TransformersBackend, length_batches
 from evaluation.data import synthetic_questions
 from evaluation.prompt import ANSWER_PREFIX, build_prompt, choice_labels
 from evaluation.runner import EvalOptions, build_eval_set, evaluate
@@ -89,6 +89,16 @@ def test_every_label_of_8_16_32_choices_is_scored_in_full(backend: TransformersB
         tok = backend.tokenizer
         lengths = {len(tok(label, add_special_tokens=False)["input_ids"]) for label in labels}
         assert len(lengths) > 1, "the test wants labels of different token lengths"
+
+
+def test_generation_batches_do_not_pad_short_prompts_to_a_long_one() -> None:
+    # The 8 LEXam prompts of the demo: one long question, seven of about 600 tokens.
+    lengths = [612, 2077, 453, 623, 536, 653, 603, 625]
+    assert list(length_batches(lengths, 8)) == [[1], [5, 7, 3, 0, 6, 4, 2]]
+    assert list(length_batches(lengths, 3)) == [[1], [5, 7, 3], [0, 6, 4], [2]]
+    assert list(length_batches([5000, 4000, 3000], 8, max_tokens=8192)) == [[0], [1, 2]]
+    batches = list(length_batches(lengths, 8))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_path: str, backend: TransformersBackend,

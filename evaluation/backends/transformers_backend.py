@@ -23,6 +23,26 @@ from evaluation.scoring import continuation_ids, label_score, scoring_prefix_ids
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 
+MAX_BATCH_TOKENS = 8192  # padded prompt tokens per generation batch
+
+
+def length_batches(lengths: list[int], batch_size: int,
+                   max_tokens: int = MAX_BATCH_TOKENS) -> Iterator[list[int]]:
+    """Indices grouped longest first: at most ``batch_size`` each, every member at least
+    half as long as the batch's longest, ``len(batch) * longest <= max_tokens`` (a prompt
+    longer than that goes alone)."""
+    batch: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        longest = lengths[batch[0]] if batch else lengths[i]
+        if batch and (len(batch) == batch_size or 2 * lengths[i] < longest
+                      or (len(batch) + 1) * longest > max_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
 class TransformersBackend:
     """A causal LM (plus optional named LoRA adapters) answering LEXam prompts."""
 
@@ -78,10 +98,14 @@ class TransformersBackend:
     # -- batching -------------------------------------------------------------------------
 
     def _batches(self, texts: list[str]) -> Iterator[list[int]]:
-        """Indices in batches of similar length (less padding), longest first."""
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            yield order[start:start + self.batch_size]
+        """Indices in batches of similar token length, longest first. A batch is padded to
+        its longest prompt, so a prompt joins only if it is at least half as long as that
+        one and the padded batch stays within ``MAX_BATCH_TOKENS``: one 2,077-token LEXam
+        question padded seven 600-token ones to a 8 x 2,077 prefill (46 s on 2 CPU
+        cores; 14 s when it ran alone and the others together)."""
+        yield from length_batches(
+            [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]],
+            self.batch_size)
 
     def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True,
