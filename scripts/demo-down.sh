@@ -22,4 +22,5 @@ done
 if [ -x .venv/bin/python ]; then
   .venv/bin/python -m cluster_jobs.local stop local || echo "could not stop the local jobs" >&2
 fi
-echo "stopped; data kept in $STATE (delete it for a fresh start)"
+echo "stopped; data kept in $STATE and in the local cluster's .state/jobs and .state/runs"
+echo "(for a fresh start delete all three: job claims and checkpoints there outlive the MLflow store)"
