@@ -10,13 +10,13 @@ training environment (``.venv``), named by the cluster profile, as on a cluster.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from sweep_process import RUN_SWEEP, sweep_env
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_VENV = REPO / ".venv-airflow"
@@ -43,28 +43,12 @@ def test_tiny_sweep_runs_where_only_airflow_is_installed(airflow_python: Path,
     local.update(work_dir=str(tmp_path / "jobs"), outputs_dir=str(tmp_path / "runs"),
                  poll_interval=0.5, python=sys.executable)  # jobs: the training env
     (clusters / "local.yaml").write_text(yaml.safe_dump(local))
-    home = tmp_path / "airflow"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "MLFLOW", "LORA_REGRET", "VIRTUAL_ENV"))}
-    mlflow_db = tmp_path / "mlflow.db"
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
-        "MLFLOW_REGISTRY_URI": f"sqlite:///{mlflow_db}",
-        "LORA_REGRET_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-        "LORA_REGRET_CLUSTERS_DIR": str(clusters),
-        "LORA_REGRET_CACHE": os.environ.get("LORA_REGRET_CACHE", str(REPO / ".cache")),
-        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false",
-    })
+    env = sweep_env(tmp_path / "airflow", tmp_path / "mlflow.db", tmp_path / "artifacts",
+                    clusters)
     conf = {"sweep": "tiny", "learning_rates": [1e-3], "ranks": [2], "max_steps": 2,
             "eval_data": "synthetic", "eval_max_questions": 2, "eval_max_new_tokens": 4}
     done = subprocess.run(
-        [str(airflow_python), str(REPO / "tests" / "airflow_env" / "run_sweep.py"),
+        [str(airflow_python), str(RUN_SWEEP),
          json.dumps(conf)], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from cluster_jobs.batch import submit_jobs
 from cluster_jobs.local import LocalJobs
+from sweep_process import RUN_SWEEP, sweep_env
 
 from contracts.jobs import JobRequest
 from contracts.profiles import ClusterProfile
@@ -49,20 +50,27 @@ def started(jobs: LocalJobs) -> list[str]:
                   if not p.name.startswith(".") and (p / "job_id").is_file())
 
 
-def test_two_triggers_at_once_share_one_job(jobs: LocalJobs) -> None:
+def at_once(submit) -> tuple:
+    """``submit(key, barrier)`` for two keys in two threads that pass the barrier together;
+    the one submission result of each."""
     results: dict[str, list] = {}
     barrier = threading.Barrier(2)
-
-    def trigger(key: str) -> None:
-        barrier.wait()
-        results[key] = submit_jobs(jobs, [job(key)], os.environ)
-
-    threads = [threading.Thread(target=trigger, args=(k,)) for k in ("run-a", "run-b")]
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, submit(k, barrier)))
+               for k in ("run-a", "run-b")]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     (a,), (b,) = results["run-a"], results["run-b"]
+    return a, b
+
+
+def test_two_triggers_at_once_share_one_job(jobs: LocalJobs) -> None:
+    def submit(key: str, barrier: threading.Barrier) -> list:
+        barrier.wait()
+        return submit_jobs(jobs, [job(key)], os.environ)
+
+    a, b = at_once(submit)
     assert a.job_id == b.job_id and a.key == b.key  # one job, sensed by both
     assert {a.result, b.result} == {"submitted", "existing"}
     assert len(started(jobs)) == 1
@@ -101,21 +109,10 @@ def test_the_same_conf_triggered_twice_at_once_trains_once(tmp_path: Path) -> No
             "evaluate": False}
 
     def start(name: str) -> subprocess.Popen:
-        home = tmp_path / f"airflow-{name}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW"))}
-        env.update({
-            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}",
-            "MLFLOW_REGISTRY_URI": f"sqlite:///{mlflow_db}",
-            "LORA_REGRET_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
-            "LORA_REGRET_CLUSTERS_DIR": str(clusters),
-            "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"})
+        env = sweep_env(tmp_path / f"airflow-{name}", mlflow_db, tmp_path / "artifacts",
+                        clusters)
         return subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "airflow_env" / "run_sweep.py"),
+            [sys.executable, str(RUN_SWEEP),
              json.dumps(conf)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
 
@@ -140,21 +137,14 @@ def test_the_same_conf_triggered_twice_at_once_trains_once(tmp_path: Path) -> No
 def test_two_triggers_at_once_share_one_slurm_job(slurm_profile: ClusterProfile) -> None:
     from cluster_jobs.slurm import SlurmJobs
 
-    results: dict[str, list] = {}
-    barrier = threading.Barrier(2)
     profile = slurm_profile.model_copy(update={"chdir": None})
 
-    def trigger(key: str) -> None:
+    def submit(key: str, barrier: threading.Barrier) -> list:
         with SlurmJobs(profile) as session:
             barrier.wait()
-            results[key] = submit_jobs(session, [job(key, claim="spec-slurm")], os.environ)
+            return submit_jobs(session, [job(key, claim="spec-slurm")], os.environ)
 
-    threads = [threading.Thread(target=trigger, args=(k,)) for k in ("run-a", "run-b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    (a,), (b,) = results["run-a"], results["run-b"]
+    a, b = at_once(submit)
     assert a.job_id == b.job_id and a.key == b.key, (a, b)
     assert {a.result, b.result} == {"submitted", "existing"}
     folders = [p for p in Path(profile.work_dir).iterdir()
